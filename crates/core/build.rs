@@ -1,0 +1,28 @@
+//! Compiles `proto/wasteledger/v1/*.proto` into Rust message types with a pure-Rust protobuf
+//! compiler (protox), so a machine needs no system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let files = [
+        "wasteledger/v1/common.proto",
+        "wasteledger/v1/party.proto",
+        "wasteledger/v1/manifest.proto",
+        "wasteledger/v1/event.proto",
+        "wasteledger/v1/ledger.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let descriptors = protox::compile(files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("wasteledger_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    prost_build::Config::new()
+        // Byte fields stay Vec<u8>; maps are not used anywhere in signed messages.
+        .compile_fds(descriptors)?;
+    Ok(())
+}
