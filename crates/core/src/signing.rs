@@ -127,7 +127,16 @@ mod tests {
         let k = key(1);
         let ledger = Digest([9; 32]);
         let sig = sign(&k, SigningDomain::Event, &ledger, b"body");
-        assert!(verify(&k.verifying_key(), SigningDomain::Event, &ledger, b"body", &sig).is_ok());
+        assert!(
+            verify(
+                &k.verifying_key(),
+                SigningDomain::Event,
+                &ledger,
+                b"body",
+                &sig
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -139,7 +148,16 @@ mod tests {
         assert!(verify(&vk, SigningDomain::Checkpoint, &ledger, b"body", &sig).is_err());
         assert!(verify(&vk, SigningDomain::Event, &Digest([8; 32]), b"body", &sig).is_err());
         assert!(verify(&vk, SigningDomain::Event, &ledger, b"bodz", &sig).is_err());
-        assert!(verify(&key(2).verifying_key(), SigningDomain::Event, &ledger, b"body", &sig).is_err());
+        assert!(
+            verify(
+                &key(2).verifying_key(),
+                SigningDomain::Event,
+                &ledger,
+                b"body",
+                &sig
+            )
+            .is_err()
+        );
         assert_eq!(
             verify(&vk, SigningDomain::Event, &ledger, b"body", &sig[..63]),
             Err(SignatureError::SignatureLength(63))
@@ -152,7 +170,10 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         assert_eq!(parse_public_key(&identity), Err(SignatureError::WeakKey));
-        assert_eq!(parse_public_key(&[1; 31]), Err(SignatureError::KeyLength(31)));
+        assert_eq!(
+            parse_public_key(&[1; 31]),
+            Err(SignatureError::KeyLength(31))
+        );
         assert!(parse_public_key(key(3).verifying_key().as_bytes()).is_ok());
     }
 }
