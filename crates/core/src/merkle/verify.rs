@@ -1,12 +1,13 @@
 //! Stateless verification of inclusion and consistency proofs (RFC 9162 §2.1.3.2, §2.1.4.2).
 //!
 //! The loops below follow the RFC's step-by-step algorithms literally (variable names `fn`, `sn`,
-//! `fr`, `sr`, `r` included), so they can be reviewed against the RFC text line by line. Before
-//! running them, the proof length is checked against the exact length the RFC's construction
-//! produces. The RFC's own in-loop checks (`sn` reaching 0 early or not at all) would reject a
-//! proof of the wrong length too, but only after hashing it; checking up front is cheaper and
-//! gives an error that says what is wrong. The in-loop checks are kept anyway as a second line
-//! of defence.
+//! `fr`, `sr`, `r` included; `fn` is spelled `fn_`, as `fn` is a Rust keyword), so they can be
+//! reviewed against the RFC text line by line. Before running them, the proof length is checked
+//! against the exact length the RFC's construction produces. The RFC's own in-loop checks (`sn`
+//! reaching 0 early or not at all) would reject a proof of the wrong length too, but only after
+//! hashing it; checking up front is cheaper and gives an error that says what is wrong. The
+//! in-loop checks are kept anyway as a second line of defence (the whole test suite also passes
+//! with the up-front check removed).
 
 use super::{MerkleError, MerkleHasher};
 use crate::hash::Digest;
