@@ -106,9 +106,36 @@ impl Purpose {
         }
     }
 
+    /// Every purpose, in declaration order (the order of the enum's discriminants).
+    pub const ALL: [Purpose; 10] = [
+        Purpose::Genesis,
+        Purpose::KeyId,
+        Purpose::Event,
+        Purpose::Leaf,
+        Purpose::Node,
+        Purpose::ChainLink,
+        Purpose::Checkpoint,
+        Purpose::MapKey,
+        Purpose::MapLeaf,
+        Purpose::MapNode,
+    ];
+
     /// A hasher for this purpose, to feed several parts without concatenating them first.
+    ///
+    /// `new_derive_key` hashes the context string on every call, which is as costly as hashing
+    /// a Merkle node itself; the keyed hashers are built once and cloned instead.
     pub fn hasher(self) -> blake3::Hasher {
-        blake3::Hasher::new_derive_key(self.context())
+        static HASHERS: std::sync::OnceLock<Vec<blake3::Hasher>> = std::sync::OnceLock::new();
+        let hashers = HASHERS.get_or_init(|| {
+            Purpose::ALL
+                .iter()
+                .map(|p| blake3::Hasher::new_derive_key(p.context()))
+                .collect()
+        });
+        hashers
+            .get(self as usize)
+            .cloned()
+            .unwrap_or_else(|| blake3::Hasher::new_derive_key(self.context()))
     }
 
     /// Hashes the concatenation of `parts`.
@@ -132,21 +159,22 @@ mod tests {
 
     #[test]
     fn purposes_separate_domains() {
-        let all = [
-            Purpose::Genesis,
-            Purpose::KeyId,
-            Purpose::Event,
-            Purpose::Leaf,
-            Purpose::Node,
-            Purpose::ChainLink,
-            Purpose::Checkpoint,
-            Purpose::MapKey,
-            Purpose::MapLeaf,
-            Purpose::MapNode,
-        ];
+        let all = Purpose::ALL;
         let hashes: std::collections::HashSet<Digest> =
             all.iter().map(|p| p.hash(b"same input")).collect();
         assert_eq!(hashes.len(), all.len());
+    }
+
+    #[test]
+    fn cached_hashers_equal_fresh_ones() {
+        for (i, p) in Purpose::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "ALL must follow declaration order");
+            let fresh: Digest = blake3::Hasher::new_derive_key(p.context())
+                .update(b"x")
+                .finalize()
+                .into();
+            assert_eq!(p.hash(b"x"), fresh);
+        }
     }
 
     #[test]
