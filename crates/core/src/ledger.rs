@@ -6,7 +6,7 @@
 //! writes nothing: the caller persists the returned [`Decision`] (new subject state, leaf,
 //! tree and map updates) in its own storage, atomically with "last applied".
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::custody::{
     CustodyError, EventContext, ManifestState, PartyLookup, apply_manifest_event,
@@ -64,6 +64,73 @@ pub struct Decision {
     pub signers: Vec<Signer>,
     /// The subject's new state.
     pub state: SubjectState,
+}
+
+/// The folded state of every subject in memory, kept by applying accepted [`Decision`]s in
+/// ledger order. The in-memory ledger and the offline verifier both use it, so "apply an
+/// accepted event to the state" exists once.
+#[derive(Clone, Debug, Default)]
+pub struct SubjectIndex {
+    /// Position of the next entry.
+    pub size: u64,
+    manifests: HashMap<Tracking, ManifestState>,
+    parties: HashMap<String, PartyRecord>,
+    key_owners: HashMap<Digest, String>,
+    events: HashMap<Digest, u64>,
+}
+
+impl SubjectIndex {
+    /// Records an accepted decision taken at ledger position `index`.
+    pub fn record(&mut self, decision: &Decision, index: u64) {
+        match &decision.state {
+            SubjectState::Manifest(m) => {
+                self.manifests.insert(m.tracking.clone(), (**m).clone());
+            }
+            SubjectState::Party(p) => {
+                for k in &p.keys {
+                    self.key_owners
+                        .entry(k.key_id)
+                        .or_insert_with(|| p.party.registry_id.clone());
+                }
+                self.parties
+                    .insert(p.party.registry_id.clone(), (**p).clone());
+            }
+        }
+        self.events.insert(decision.event.hash, index);
+        self.size = self.size.max(index + 1);
+    }
+
+    /// The folded state of a manifest (borrowed).
+    pub fn manifest_ref(&self, tracking: &Tracking) -> Option<&ManifestState> {
+        self.manifests.get(tracking)
+    }
+
+    /// A party's record (borrowed).
+    pub fn party_ref(&self, registry_id: &str) -> Option<&PartyRecord> {
+        self.parties.get(registry_id)
+    }
+}
+
+impl LedgerView for SubjectIndex {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
+        self.manifests.get(tracking).cloned()
+    }
+
+    fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
+        self.parties.get(registry_id).cloned()
+    }
+
+    fn key_owner(&self, key_id: &Digest) -> Option<String> {
+        self.key_owners.get(key_id).cloned()
+    }
+
+    fn event_index(&self, event_hash: &Digest) -> Option<u64> {
+        self.events.get(event_hash).copied()
+    }
 }
 
 /// gRPC-facing class of a rejection; each maps to one status code.

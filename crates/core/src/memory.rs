@@ -5,15 +5,13 @@
 //! checked against. Everything it stores is derived by [`evaluate`] and the Merkle and map
 //! structures, so both implementations agree by construction on roots and proofs.
 
-use std::collections::HashMap;
-
 use crate::checkpoint::Checkpoint;
 use crate::custody::ManifestState;
 use crate::entry::{LedgerEntry, chain_link, leaf_hash};
 use crate::envelope::Subject;
 use crate::genesis::Genesis;
 use crate::hash::Digest;
-use crate::ledger::{Decision, LedgerView, Rejection, SubjectState, evaluate};
+use crate::ledger::{Decision, LedgerView, Rejection, SubjectIndex, evaluate};
 use crate::map::{CompletenessMap, MemMapStore};
 use crate::merkle::{Blake3Hasher, MemNodeStore, MerkleTree};
 use crate::pb;
@@ -41,10 +39,7 @@ pub struct MemoryLedger {
     tree: MerkleTree<Blake3Hasher, MemNodeStore>,
     map: CompletenessMap<MemMapStore>,
     chain_head: Digest,
-    manifests: HashMap<Tracking, ManifestState>,
-    parties: HashMap<String, PartyRecord>,
-    key_owners: HashMap<Digest, String>,
-    events: HashMap<Digest, u64>,
+    state: SubjectIndex,
     last_sequenced_at: i64,
 }
 
@@ -57,10 +52,7 @@ impl MemoryLedger {
             entries: Vec::new(),
             tree: MerkleTree::new(MemNodeStore::default()),
             map: CompletenessMap::new(MemMapStore::default()),
-            manifests: HashMap::new(),
-            parties: HashMap::new(),
-            key_owners: HashMap::new(),
-            events: HashMap::new(),
+            state: SubjectIndex::default(),
             last_sequenced_at: 0,
         }
     }
@@ -108,20 +100,7 @@ impl MemoryLedger {
         let key = decision.event.subject.map_key();
         // Map versions are tree sizes: the map as of size n reflects entries 0..n.
         let _ = self.map.insert(key, decision.state.head(), index + 1);
-        match decision.state {
-            SubjectState::Manifest(m) => {
-                self.manifests.insert(m.tracking.clone(), *m);
-            }
-            SubjectState::Party(p) => {
-                for k in &p.keys {
-                    self.key_owners
-                        .entry(k.key_id)
-                        .or_insert_with(|| p.party.registry_id.clone());
-                }
-                self.parties.insert(p.party.registry_id.clone(), *p);
-            }
-        }
-        self.events.insert(decision.event.hash, index);
+        self.state.record(&decision, index);
         self.entries.push(bytes);
         self.last_sequenced_at = sequenced_at;
         Receipt {
@@ -179,19 +158,19 @@ impl LedgerView for MemoryLedger {
     }
 
     fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
-        self.manifests.get(tracking).cloned()
+        self.state.manifest(tracking)
     }
 
     fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
-        self.parties.get(registry_id).cloned()
+        self.state.party_record(registry_id)
     }
 
     fn key_owner(&self, key_id: &Digest) -> Option<String> {
-        self.key_owners.get(key_id).cloned()
+        self.state.key_owner(key_id)
     }
 
     fn event_index(&self, event_hash: &Digest) -> Option<u64> {
-        self.events.get(event_hash).copied()
+        self.state.event_index(event_hash)
     }
 }
 
@@ -215,13 +194,13 @@ impl ProofSource for MemoryLedger {
     fn subject_indexes(&self, subject: &Subject) -> Vec<u64> {
         match subject {
             Subject::Manifest(t) => self
-                .manifests
-                .get(t)
+                .state
+                .manifest_ref(t)
                 .map(|m| m.events.iter().map(|e| e.index).collect())
                 .unwrap_or_default(),
             Subject::Party(id) => self
-                .parties
-                .get(id)
+                .state
+                .party_ref(id)
                 .map(|p| p.event_indexes.clone())
                 .unwrap_or_default(),
         }

@@ -9,7 +9,7 @@
 //! committed in the checkpoint's completeness map, so no event is missing. There is one proof
 //! path and every step of it is checked.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
@@ -19,11 +19,11 @@ use crate::entry::{EntryError, LedgerEntry, leaf_hash};
 use crate::envelope::Subject;
 use crate::genesis::Genesis;
 use crate::hash::Digest;
-use crate::ledger::{LedgerView, Rejection, SubjectState, evaluate};
+use crate::ledger::{LedgerView, Rejection, SubjectIndex, SubjectState, evaluate};
 use crate::map::{MapError, MapProof, verify_membership};
 use crate::merkle::{Blake3Hasher, MerkleError, verify_inclusion};
 use crate::pb::{self, event_body::Kind};
-use crate::registry::{PartyRecord, Signer};
+use crate::registry::Signer;
 use crate::tracking::{Tracking, TrackingError};
 
 /// Bundle format version described by `docs/custody-proof.md`.
@@ -319,41 +319,6 @@ pub fn build_custody_proof(
     })
 }
 
-/// The partial ledger a verifier rebuilds from a bundle.
-#[derive(Default)]
-struct ReplayView {
-    position: u64,
-    manifest: Option<ManifestState>,
-    parties: HashMap<String, PartyRecord>,
-    key_owners: HashMap<Digest, String>,
-    events: HashMap<Digest, u64>,
-}
-
-impl LedgerView for ReplayView {
-    fn size(&self) -> u64 {
-        self.position
-    }
-
-    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
-        self.manifest
-            .as_ref()
-            .filter(|m| &m.tracking == tracking)
-            .cloned()
-    }
-
-    fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
-        self.parties.get(registry_id).cloned()
-    }
-
-    fn key_owner(&self, key_id: &Digest) -> Option<String> {
-        self.key_owners.get(key_id).cloned()
-    }
-
-    fn event_index(&self, event_hash: &Digest) -> Option<u64> {
-        self.events.get(event_hash).copied()
-    }
-}
-
 /// Decodes and verifies a serialized bundle.
 pub fn verify_custody_proof_bytes(
     bytes: &[u8],
@@ -460,14 +425,14 @@ pub fn verify_custody_proof(
     }
 
     // 2. Replay every entry in ledger order through the nodes' own decision function.
-    let mut view = ReplayView::default();
+    let mut view = SubjectIndex::default();
     let mut timeline = Vec::new();
     for (index, pending) in &all {
-        view.position = *index;
+        view.size = *index;
         let signed = pending.entry.signed_event();
+        // A named party missing from the bundle shows up here as an unknown party or key.
         let decision =
             evaluate(genesis, &view, &signed, pending.entry.sequenced_at).map_err(|rejection| {
-                // A named party missing from the bundle shows up as an unknown party or key.
                 ProofError::Rejected {
                     index: *index,
                     rejection: Box::new(rejection),
@@ -480,39 +445,28 @@ pub fn verify_custody_proof(
                 found: decision.event.subject.to_string(),
             });
         }
-        view.events.insert(decision.event.hash, *index);
-        match decision.state {
-            SubjectState::Manifest(m) => {
-                let signers = decision
-                    .signers
-                    .iter()
-                    .filter_map(|s| match s {
-                        Signer::Party { registry_id, .. } => Some(registry_id.clone()),
-                        Signer::Authority(_) => None,
-                    })
-                    .collect();
-                timeline.push(TimelineEvent {
-                    index: *index,
-                    event_hash: decision.event.hash,
-                    kind: decision.event.kind().map_or("?", kind_name),
-                    occurred_at: decision.event.body.occurred_at,
-                    sequenced_at: pending.entry.sequenced_at,
-                    signers,
-                    summary: summarize(&decision.event.body, &m),
-                });
-                view.manifest = Some(*m);
-            }
-            SubjectState::Party(p) => {
-                for k in &p.keys {
-                    view.key_owners
-                        .entry(k.key_id)
-                        .or_insert_with(|| p.party.registry_id.clone());
-                }
-                view.parties.insert(p.party.registry_id.clone(), *p);
-            }
+        if let SubjectState::Manifest(m) = &decision.state {
+            let signers = decision
+                .signers
+                .iter()
+                .filter_map(|s| match s {
+                    Signer::Party { registry_id, .. } => Some(registry_id.clone()),
+                    Signer::Authority(_) => None,
+                })
+                .collect();
+            timeline.push(TimelineEvent {
+                index: *index,
+                event_hash: decision.event.hash,
+                kind: decision.event.kind().map_or("?", kind_name),
+                occurred_at: decision.event.body.occurred_at,
+                sequenced_at: pending.entry.sequenced_at,
+                signers,
+                summary: summarize(&decision.event.body, m),
+            });
         }
+        view.record(&decision, *index);
     }
-    let state = view.manifest.clone().ok_or(ProofError::NoEvents)?;
+    let state = view.manifest(&tracking).ok_or(ProofError::NoEvents)?;
 
     // 3. Completeness: each chain's head is the one committed in the checkpoint's map.
     let check_head = |subject: &Subject,
@@ -540,8 +494,7 @@ pub fn verify_custody_proof(
     check_head(&manifest_subject, &state.head, bundle.head.as_ref())?;
     for history in &bundle.parties {
         let record = view
-            .parties
-            .get(&history.registry_id)
+            .party_ref(&history.registry_id)
             .ok_or_else(|| ProofError::MissingParty(history.registry_id.clone()))?;
         check_head(
             &Subject::Party(history.registry_id.clone()),
@@ -555,10 +508,12 @@ pub fn verify_custody_proof(
             return Err(ProofError::MissingParty(id));
         }
     }
-    let party_names = view
-        .parties
+    let party_names = party_ids
         .iter()
-        .map(|(id, p)| (id.clone(), p.party.legal_name.clone()))
+        .filter_map(|id| {
+            view.party_ref(id)
+                .map(|p| (id.clone(), p.party.legal_name.clone()))
+        })
         .collect();
     Ok(VerifiedCustody {
         tracking,

@@ -302,18 +302,12 @@ fn new_key(
     })
 }
 
-fn register(
-    subject: &str,
-    reg: &pb::PartyRegistered,
-    ctx: &RegistryContext<'_>,
-) -> Result<PartyRecord, RegistryError> {
-    let party = reg
-        .party
-        .clone()
-        .ok_or_else(|| RegistryError::InvalidParty {
-            field: "party".into(),
-            problem: "is required".into(),
-        })?;
+/// The party details carried by a registration or update: present, about the subject, valid.
+fn party_payload(party: Option<&pb::Party>, subject: &str) -> Result<pb::Party, RegistryError> {
+    let party = party.cloned().ok_or_else(|| RegistryError::InvalidParty {
+        field: "party".into(),
+        problem: "is required".into(),
+    })?;
     if party.registry_id != subject {
         return Err(RegistryError::SubjectMismatch {
             subject: subject.to_owned(),
@@ -321,6 +315,15 @@ fn register(
         });
     }
     validate_party(&party)?;
+    Ok(party)
+}
+
+fn register(
+    subject: &str,
+    reg: &pb::PartyRegistered,
+    ctx: &RegistryContext<'_>,
+) -> Result<PartyRecord, RegistryError> {
+    let party = party_payload(reg.party.as_ref(), subject)?;
     only_authorities("PartyRegistered", subject, ctx)?;
     let key = new_key(reg.key.as_ref(), ctx)?;
     Ok(PartyRecord {
@@ -451,20 +454,7 @@ fn update(
     upd: &pb::PartyUpdated,
     ctx: &RegistryContext<'_>,
 ) -> Result<PartyRecord, RegistryError> {
-    let party = upd
-        .party
-        .clone()
-        .ok_or_else(|| RegistryError::InvalidParty {
-            field: "party".into(),
-            problem: "is required".into(),
-        })?;
-    if party.registry_id != subject {
-        return Err(RegistryError::SubjectMismatch {
-            subject: subject.to_owned(),
-            inner: party.registry_id,
-        });
-    }
-    validate_party(&party)?;
+    let party = party_payload(upd.party.as_ref(), subject)?;
     only_authorities("PartyUpdated", subject, ctx)?;
     let mut next = record.clone();
     next.party = party;
