@@ -17,6 +17,7 @@
 //! - [`genesis`], [`proof`], [`memory`]: trust roots, custody proofs, an in-memory ledger.
 
 pub mod checkpoint;
+pub mod codec;
 pub mod compose;
 pub mod custody;
 pub mod entry;

@@ -68,8 +68,14 @@ fn deliver<'a>(net: &'a SampleNetwork, ledger: &mut MemoryLedger) -> ManifestFlo
     flow
 }
 
+/// The manifest's state; every call also checks that the stored (protobuf) form round-trips,
+/// so every scenario exercises the codec on the states it reaches.
 fn state(ledger: &MemoryLedger, flow: &ManifestFlow<'_>) -> crate::custody::ManifestState {
-    ledger.manifest(&flow.tracking).unwrap()
+    let s = ledger.manifest(&flow.tracking).unwrap();
+    let stored = prost::Message::encode_to_vec(&s.to_pb());
+    let decoded: pb::ManifestState = prost::Message::decode(stored.as_slice()).unwrap();
+    assert_eq!(crate::custody::ManifestState::from_pb(&decoded).unwrap(), s);
+    s
 }
 
 fn created_kind(net: &SampleNetwork, f: impl FnOnce(&mut pb::Manifest)) -> Kind {
@@ -1243,5 +1249,12 @@ fn rotated_and_revoked_keys_stop_signing() {
     );
     let accepted_at = ledger.size();
     let record = ledger.party_record(ids::ROAD).unwrap();
+    assert_eq!(
+        crate::registry::PartyRecord::from_pb(&record.to_pb()).unwrap(),
+        record
+    );
+    let mut corrupt = record.to_pb();
+    corrupt.keys[0].key_id[0] ^= 1;
+    assert!(crate::registry::PartyRecord::from_pb(&corrupt).is_err());
     assert!(record.keys.iter().all(|k| !k.active_at(accepted_at)));
 }
