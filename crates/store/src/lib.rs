@@ -1,1 +1,29 @@
-//! x
+//! # wasteledger-store
+//!
+//! Durable storage for a WasteLedger node, on sled 0.34.7, in plain synchronous Rust (std
+//! threads, no async runtime); the openraft adapter in another crate wraps it.
+//!
+//! - [`durable`]: [`DurableDb`], which opens sled and makes writes really durable (sled's own
+//!   `flush()` is not an fsync), with a group committer that shares one fsync among concurrent
+//!   requests; [`DurableTree`] and [`WriteBatch`] enforce the value size limit that keeps data out
+//!   of sled's never-synced blob files.
+//! - [`log`]: [`LogStore`], the raw Raft log (entries, vote, committed, purge point) as opaque
+//!   bytes.
+//! - [`state`]: [`state::LedgerStore`], the ledger state machine's data (entries, Merkle and
+//!   map nodes, subject states, indexes), one atomic batch per applied entry, with the startup
+//!   integrity check.
+//! - [`error`]: [`StoreError`], the one error type.
+
+pub mod durable;
+pub mod error;
+pub mod log;
+pub mod state;
+
+pub use durable::{
+    DurableDb, DurableOptions, DurableTree, MAX_KEY_BYTES, MAX_VALUE_BYTES, SEGMENT_SIZE,
+    SLED_BLOB_THRESHOLD, SyncStats, WriteBatch, check_sizes,
+};
+pub use error::StoreError;
+pub use log::LogStore;
+/// sled's cheaply cloneable byte buffer, returned by [`DurableTree`] reads.
+pub use sled::IVec;

@@ -1,0 +1,690 @@
+//! The ledger state machine's data in sled: entries, Merkle nodes, completeness-map nodes,
+//! folded subject states, secondary indexes and node metadata.
+//!
+//! Everything lives in ONE sled tree under one-byte key prefixes, because sled batches are
+//! atomic only within a tree: each applied entry becomes one batch holding the leaf, the new
+//! tree and map nodes, the subject's new state, its index keys and the caller's metadata (the
+//! Raft "last applied"), so a crash leaves the state at an entry boundary, never in between.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `E` | index (u64 BE) | leaf bytes (`entry::LedgerEntry`) |
+//! | `N` | level (u8) ‖ index (u64 BE) | Merkle node hash |
+//! | `A` | depth (u16 BE) ‖ prefix (32) ‖ version (u64 BE) | map node (tag ‖ data) |
+//! | `M` | canonical tracking number | `pb::ManifestState` |
+//! | `P` | registry id | `pb::PartyState` |
+//! | `K` | key id | registry id of the owner |
+//! | `H` | event hash | index (u64 BE) |
+//! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | empty (secondary indexes) |
+//! | `S` | name | node state: chain head, last ledger time, integrity checkpoint |
+//! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use wasteledger_core::custody::ManifestState;
+use wasteledger_core::entry::{LedgerEntry, chain_link, leaf_hash};
+use wasteledger_core::envelope::Subject;
+use wasteledger_core::genesis::Genesis;
+use wasteledger_core::hash::Digest;
+use wasteledger_core::ledger::{Decision, LedgerView, Rejection, SubjectState, evaluate};
+use wasteledger_core::map::{CompletenessMap, MapNode, MapNodeStore};
+use wasteledger_core::memory::Receipt;
+use wasteledger_core::merkle::{Blake3Hasher, MerkleHasher, MerkleTree, NodeStore};
+use wasteledger_core::pb;
+use wasteledger_core::proof::ProofSource;
+use wasteledger_core::registry::PartyRecord;
+use wasteledger_core::tracking::Tracking;
+
+use crate::error::StoreError;
+
+const ENTRY: u8 = b'E';
+const NODE: u8 = b'N';
+const MAP: u8 = b'A';
+const MANIFEST: u8 = b'M';
+const PARTY: u8 = b'P';
+const KEY_OWNER: u8 = b'K';
+const EVENT: u8 = b'H';
+const INDEX: u8 = b'X';
+const STATE: u8 = b'S';
+const USER: u8 = b'U';
+
+const CHAIN_HEAD: &[u8] = b"chain_head";
+const LAST_SEQUENCED: &[u8] = b"last_sequenced_at";
+const INTEGRITY: &[u8] = b"integrity_checkpoint";
+
+fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn node_key(level: u8, index: u64) -> Vec<u8> {
+    let mut k = vec![NODE, level];
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn map_key(depth: u16, prefix: &Digest, version: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 2 + 32 + 8);
+    k.push(MAP);
+    k.extend_from_slice(&depth.to_be_bytes());
+    k.extend_from_slice(prefix.as_bytes());
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn encode_map_node(node: Option<&MapNode>) -> Vec<u8> {
+    match node {
+        None => vec![0],
+        Some(MapNode::Leaf { key, value }) => {
+            let mut v = vec![1];
+            v.extend_from_slice(key.as_bytes());
+            v.extend_from_slice(value.as_bytes());
+            v
+        }
+        Some(MapNode::Internal { hash }) => {
+            let mut v = vec![2];
+            v.extend_from_slice(hash.as_bytes());
+            v
+        }
+    }
+}
+
+fn decode_map_node(bytes: &[u8]) -> Result<Option<MapNode>, StoreError> {
+    match bytes {
+        [0] => Ok(None),
+        [1, rest @ ..] if rest.len() == 64 => Ok(Some(MapNode::Leaf {
+            key: Digest::from_slice(&rest[..32]).ok_or(StoreError::Corrupt("map leaf key"))?,
+            value: Digest::from_slice(&rest[32..]).ok_or(StoreError::Corrupt("map leaf value"))?,
+        })),
+        [2, rest @ ..] if rest.len() == 32 => Ok(Some(MapNode::Internal {
+            hash: Digest::from_slice(rest).ok_or(StoreError::Corrupt("map node hash"))?,
+        })),
+        _ => Err(StoreError::Corrupt("map node encoding")),
+    }
+}
+
+/// Writes made while applying one entry, not yet in sled. Reads consult them first, so the
+/// Merkle tree and the map see their own writes before the batch is applied.
+type Overlay = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+fn overlay_get(tree: &sled::Tree, overlay: &Overlay, key: &[u8]) -> Option<Vec<u8>> {
+    if let Ok(o) = overlay.lock() {
+        if let Some(v) = o.get(key) {
+            return Some(v.clone());
+        }
+    }
+    // A read error surfaces as a missing node, which the Merkle and map code report as
+    // corruption (MissingNode / CorruptStore) rather than returning a wrong proof.
+    tree.get(key).ok().flatten().map(|v| v.to_vec())
+}
+
+fn overlay_put(overlay: &Overlay, key: Vec<u8>, value: Vec<u8>) {
+    if let Ok(mut o) = overlay.lock() {
+        o.insert(key, value);
+    }
+}
+
+/// Merkle node storage on the ledger tree.
+#[derive(Clone)]
+pub struct SledNodes {
+    tree: sled::Tree,
+    overlay: Overlay,
+}
+
+impl NodeStore for SledNodes {
+    fn get(&self, level: u8, index: u64) -> Option<Digest> {
+        overlay_get(&self.tree, &self.overlay, &node_key(level, index))
+            .and_then(|v| Digest::from_slice(&v))
+    }
+
+    fn put(&mut self, level: u8, index: u64, hash: Digest) {
+        overlay_put(&self.overlay, node_key(level, index), hash.0.to_vec());
+    }
+}
+
+/// Completeness-map node storage on the ledger tree (versioned by tree size).
+#[derive(Clone)]
+pub struct SledMapNodes {
+    tree: sled::Tree,
+    overlay: Overlay,
+}
+
+impl MapNodeStore for SledMapNodes {
+    fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
+        let upper = map_key(depth, prefix, version);
+        let lower = map_key(depth, prefix, 0);
+        // Newest write at or before `version`: the overlay holds only the version being
+        // written, so check it first, then the newest stored state.
+        let from_overlay = self.overlay.lock().ok().and_then(|o| {
+            o.range(lower.clone()..=upper.clone())
+                .next_back()
+                .map(|(_, v)| v.clone())
+        });
+        let bytes = from_overlay.or_else(|| {
+            self.tree
+                .range(lower..=upper)
+                .next_back()
+                .and_then(|r| r.ok())
+                .map(|(_, v)| v.to_vec())
+        })?;
+        decode_map_node(&bytes).ok().flatten()
+    }
+
+    fn put(&mut self, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
+        overlay_put(
+            &self.overlay,
+            map_key(depth, prefix, version),
+            encode_map_node(node.as_ref()),
+        );
+    }
+}
+
+/// Why the startup integrity check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntegrityError {
+    /// A stored entry does not match the leaf hash recorded when it was applied.
+    #[error("ledger entry {index} is damaged: its bytes no longer hash to the recorded leaf")]
+    LeafMismatch {
+        /// First bad index.
+        index: u64,
+    },
+    /// An entry is missing or unreadable.
+    #[error("ledger entry {index} is missing or unreadable")]
+    MissingEntry {
+        /// First bad index.
+        index: u64,
+    },
+    /// Entry bytes do not parse or name another index.
+    #[error("ledger entry {index} is malformed")]
+    Malformed {
+        /// First bad index.
+        index: u64,
+    },
+    /// The chain link over entries is broken.
+    #[error("the chain link before entry {index} does not match")]
+    ChainMismatch {
+        /// First bad index.
+        index: u64,
+    },
+    /// The recomputed root differs from the stored checkpoint.
+    #[error("recomputed root at size {size} differs from the stored checkpoint")]
+    RootMismatch {
+        /// Checkpoint size.
+        size: u64,
+    },
+}
+
+impl IntegrityError {
+    /// The first ledger index found damaged, if the failure names one.
+    pub fn first_bad_index(&self) -> Option<u64> {
+        match self {
+            IntegrityError::LeafMismatch { index }
+            | IntegrityError::MissingEntry { index }
+            | IntegrityError::Malformed { index }
+            | IntegrityError::ChainMismatch { index } => Some(*index),
+            IntegrityError::RootMismatch { .. } => None,
+        }
+    }
+}
+
+/// The outcome of applying one event: accepted with a receipt, or a deterministic rejection.
+pub type ApplyOutcome = Result<Receipt, Rejection>;
+
+/// The replicated ledger state of one node, in sled.
+pub struct LedgerStore {
+    genesis: Genesis,
+    tree: sled::Tree,
+    overlay: Overlay,
+    merkle: MerkleTree<Blake3Hasher, SledNodes>,
+    map: CompletenessMap<SledMapNodes>,
+    chain_head: Digest,
+    last_sequenced_at: i64,
+}
+
+fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(what))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+impl LedgerStore {
+    /// Opens (or creates) the ledger state in `tree` for `genesis`.
+    pub fn open(tree: sled::Tree, genesis: Genesis) -> Result<LedgerStore, StoreError> {
+        let overlay: Overlay = Arc::default();
+        let size = match tree.scan_prefix([ENTRY]).next_back() {
+            Some(last) => read_u64(&last?.0[1..], "entry key")? + 1,
+            None => 0,
+        };
+        let nodes = SledNodes {
+            tree: tree.clone(),
+            overlay: overlay.clone(),
+        };
+        let merkle =
+            MerkleTree::from_store(nodes, size).map_err(|_| StoreError::Corrupt("merkle nodes"))?;
+        let map = CompletenessMap::open(
+            SledMapNodes {
+                tree: tree.clone(),
+                overlay: overlay.clone(),
+            },
+            size,
+        );
+        let chain_head = match tree.get(key(STATE, CHAIN_HEAD))? {
+            Some(v) => Digest::from_slice(&v).ok_or(StoreError::Corrupt("chain head"))?,
+            None => genesis.ledger_id,
+        };
+        let last_sequenced_at = match tree.get(key(STATE, LAST_SEQUENCED))? {
+            Some(v) => read_u64(&v, "last ledger time")? as i64,
+            None => 0,
+        };
+        Ok(LedgerStore {
+            genesis,
+            tree,
+            overlay,
+            merkle,
+            map,
+            chain_head,
+            last_sequenced_at,
+        })
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// Tree root and map root at the current size.
+    pub fn roots(&self) -> (Digest, Digest) {
+        (self.merkle.root(), self.map.root())
+    }
+
+    /// Tree root and map root at an earlier size.
+    pub fn roots_at(&self, size: u64) -> Option<(Digest, Digest)> {
+        Some((self.merkle.root_at(size).ok()?, self.map.root_at(size)))
+    }
+
+    /// RFC 9162 consistency proof between two sizes.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Digest>> {
+        self.merkle.consistency_proof(old, new).ok()
+    }
+
+    /// The chain link after the last entry.
+    pub fn chain_head(&self) -> Digest {
+        self.chain_head
+    }
+
+    /// Ledger time of the last entry.
+    pub fn last_sequenced_at(&self) -> i64 {
+        self.last_sequenced_at
+    }
+
+    /// Decides an event at the current position without changing anything (the leader's
+    /// fail-fast pre-check).
+    pub fn check(
+        &self,
+        signed: &pb::SignedEvent,
+        sequenced_at: i64,
+    ) -> Result<Decision, Rejection> {
+        evaluate(
+            &self.genesis,
+            self,
+            signed,
+            sequenced_at.max(self.last_sequenced_at),
+        )
+    }
+
+    /// Applies one committed event: decides it and, if accepted, writes the entry and every
+    /// derived record in one atomic batch together with `meta` (caller key/values such as the
+    /// Raft last-applied id). A rejection writes only `meta`. `Err` means storage failed and
+    /// the node must stop applying.
+    pub fn apply(
+        &mut self,
+        signed: &pb::SignedEvent,
+        sequenced_at: i64,
+        meta: &[(&[u8], Vec<u8>)],
+    ) -> Result<ApplyOutcome, StoreError> {
+        let sequenced_at = sequenced_at.max(self.last_sequenced_at);
+        let decision = match evaluate(&self.genesis, self, signed, sequenced_at) {
+            Ok(d) => d,
+            Err(rejection) => {
+                self.put_meta(meta)?;
+                return Ok(Err(rejection));
+            }
+        };
+        let index = self.merkle.size();
+        let entry = LedgerEntry::new(index, sequenced_at, self.chain_head, signed)
+            .map_err(|_| StoreError::Corrupt("accepted envelope has malformed signatures"))?;
+        let bytes = entry.encode();
+        let leaf = leaf_hash(&bytes);
+        let chain_next = chain_link(&self.chain_head, &leaf);
+
+        let mut batch = sled::Batch::default();
+        let old_state = self.subject_bytes(&decision.event.subject)?;
+        self.merkle.append_leaf_hash(leaf);
+        if let Err(e) = self.map.insert(
+            decision.event.subject.map_key(),
+            decision.state.head(),
+            index + 1,
+        ) {
+            self.discard_overlay();
+            return Err(StoreError::Inconsistent(e.to_string()));
+        }
+        self.drain_overlay_into(&mut batch);
+        batch.insert(key(ENTRY, &index.to_be_bytes()), bytes);
+        batch.insert(
+            key(EVENT, decision.event.hash.as_bytes()),
+            index.to_be_bytes().to_vec(),
+        );
+        batch.insert(key(STATE, CHAIN_HEAD), chain_next.0.to_vec());
+        batch.insert(
+            key(STATE, LAST_SEQUENCED),
+            (sequenced_at as u64).to_be_bytes().to_vec(),
+        );
+        self.write_subject(&mut batch, &decision, old_state.as_deref())?;
+        for (k, v) in meta {
+            batch.insert(key(USER, k), v.clone());
+        }
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // The in-memory tree is now ahead of disk; the caller must stop and reopen.
+            return Err(e.into());
+        }
+        self.chain_head = chain_next;
+        self.last_sequenced_at = sequenced_at;
+        Ok(Ok(Receipt {
+            index,
+            event_hash: decision.event.hash,
+            leaf_hash: leaf,
+            tree_size: index + 1,
+        }))
+    }
+
+    fn discard_overlay(&self) {
+        if let Ok(mut o) = self.overlay.lock() {
+            o.clear();
+        }
+    }
+
+    fn drain_overlay_into(&self, batch: &mut sled::Batch) {
+        if let Ok(mut o) = self.overlay.lock() {
+            for (k, v) in std::mem::take(&mut *o) {
+                batch.insert(k, v);
+            }
+        }
+    }
+
+    fn subject_bytes(&self, subject: &Subject) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = match subject {
+            Subject::Manifest(t) => key(MANIFEST, t.to_string().as_bytes()),
+            Subject::Party(id) => key(PARTY, id.as_bytes()),
+        };
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+    }
+
+    fn write_subject(
+        &self,
+        batch: &mut sled::Batch,
+        decision: &Decision,
+        old: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        match &decision.state {
+            SubjectState::Manifest(m) => {
+                let tracking = m.tracking.to_string();
+                batch.insert(
+                    key(MANIFEST, tracking.as_bytes()),
+                    m.to_pb().encode_to_vec(),
+                );
+                let old_status = match old {
+                    Some(bytes) => Some(
+                        pb::ManifestState::decode(bytes)
+                            .map_err(|_| StoreError::Corrupt("stored manifest state"))
+                            .and_then(|s| {
+                                ManifestState::from_pb(&s)
+                                    .map_err(|_| StoreError::Corrupt("stored manifest state"))
+                            })?
+                            .status
+                            .name(),
+                    ),
+                    None => None,
+                };
+                if old_status != Some(m.status.name()) {
+                    if let Some(previous) = old_status {
+                        batch.remove(index_key(b's', previous, &tracking));
+                    }
+                    batch.insert(index_key(b's', m.status.name(), &tracking), Vec::new());
+                }
+                if old.is_none() {
+                    for party in m.named_parties() {
+                        batch.insert(index_key(b'p', &party, &tracking), Vec::new());
+                    }
+                    for line in &m.manifest.lines {
+                        for code in &line.codes {
+                            let value = format!("{}:{}", code.system, code.code);
+                            batch.insert(index_key(b'c', &value, &tracking), Vec::new());
+                        }
+                    }
+                }
+            }
+            SubjectState::Party(p) => {
+                batch.insert(
+                    key(PARTY, p.party.registry_id.as_bytes()),
+                    p.to_pb().encode_to_vec(),
+                );
+                for k in &p.keys {
+                    batch.insert(
+                        key(KEY_OWNER, k.key_id.as_bytes()),
+                        p.party.registry_id.as_bytes().to_vec(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes caller metadata on its own (e.g. Raft membership, or last-applied after a
+    /// rejected or non-ledger entry).
+    pub fn put_meta(&self, meta: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
+        if meta.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in meta {
+            batch.insert(key(USER, k), v.clone());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Reads caller metadata.
+    pub fn get_meta(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key(USER, k))?.map(|v| v.to_vec()))
+    }
+
+    /// Tracking numbers indexed under `kind` (`b'p'` party, `b'c'` waste code
+    /// `"<system number>:<code>"`, `b's'` status name) and `value`, in tracking-number order,
+    /// starting after `after` (a cursor), at most `limit`.
+    pub fn index_scan(
+        &self,
+        kind: u8,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = index_key(kind, value, "");
+        let start = match after {
+            Some(a) => {
+                let mut k = index_key(kind, value, a);
+                k.push(0); // strictly after the cursor
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Records the checkpoint the startup integrity check compares against.
+    pub fn record_integrity_checkpoint(&self, size: u64, root: &Digest) -> Result<(), StoreError> {
+        let mut v = size.to_be_bytes().to_vec();
+        v.extend_from_slice(root.as_bytes());
+        self.tree.insert(key(STATE, INTEGRITY), v)?;
+        Ok(())
+    }
+
+    /// Recomputes every leaf from the stored entry bytes, the chain over entries, and the root
+    /// at the recorded checkpoint, and names the first damaged index. Runs at start-up: a node
+    /// that fails it must not serve.
+    pub fn verify_integrity(&self) -> Result<(), IntegrityError> {
+        let size = self.merkle.size();
+        let mut chain = self.genesis.ledger_id;
+        for index in 0..size {
+            let bytes = match self.tree.get(key(ENTRY, &index.to_be_bytes())) {
+                Ok(Some(b)) => b,
+                _ => return Err(IntegrityError::MissingEntry { index }),
+            };
+            let entry =
+                LedgerEntry::decode(&bytes).map_err(|_| IntegrityError::Malformed { index })?;
+            if entry.index != index {
+                return Err(IntegrityError::Malformed { index });
+            }
+            let leaf = leaf_hash(&bytes);
+            if self.merkle.leaf_hash(index).ok() != Some(leaf) {
+                return Err(IntegrityError::LeafMismatch { index });
+            }
+            if entry.chain_prev != chain {
+                return Err(IntegrityError::ChainMismatch { index });
+            }
+            chain = chain_link(&chain, &leaf);
+        }
+        if chain != self.chain_head {
+            return Err(IntegrityError::ChainMismatch { index: size });
+        }
+        if let Ok(Some(v)) = self.tree.get(key(STATE, INTEGRITY)) {
+            if v.len() == 40 {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&v[..8]);
+                let cp_size = u64::from_be_bytes(raw);
+                let recomputed = self.recompute_root(cp_size.min(size));
+                if cp_size > size || Some(recomputed) != Digest::from_slice(&v[8..]) {
+                    return Err(IntegrityError::RootMismatch { size: cp_size });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recompute_root(&self, size: u64) -> Digest {
+        let leaves: Vec<Digest> = (0..size)
+            .filter_map(|i| self.tree.get(key(ENTRY, &i.to_be_bytes())).ok().flatten())
+            .map(|b| Blake3Hasher::hash_leaf(&b))
+            .collect();
+        wasteledger_core::merkle::root_of_leaves::<Blake3Hasher>(&leaves)
+    }
+
+    /// Every key/value of the state, for snapshots: prefix-ordered, bounded by the store.
+    pub fn export(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        self.tree.iter().map(|r| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        })
+    }
+
+    /// Replaces the whole state with a snapshot's key/values, then reopens.
+    pub fn import(
+        tree: sled::Tree,
+        genesis: Genesis,
+        items: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<LedgerStore, StoreError> {
+        tree.clear()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for (k, v) in items {
+            batch.insert(k, v);
+            n += 1;
+            if n % 10_000 == 0 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        tree.apply_batch(batch)?;
+        LedgerStore::open(tree, genesis)
+    }
+}
+
+fn index_key(kind: u8, value: &str, tracking: &str) -> Vec<u8> {
+    let mut k = vec![INDEX, kind];
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(tracking.as_bytes());
+    k
+}
+
+impl LedgerView for LedgerStore {
+    fn size(&self) -> u64 {
+        self.merkle.size()
+    }
+
+    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
+        let bytes = self
+            .tree
+            .get(key(MANIFEST, tracking.to_string().as_bytes()))
+            .ok()??;
+        ManifestState::from_pb(&pb::ManifestState::decode(bytes.as_ref()).ok()?).ok()
+    }
+
+    fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
+        let bytes = self.tree.get(key(PARTY, registry_id.as_bytes())).ok()??;
+        PartyRecord::from_pb(&pb::PartyState::decode(bytes.as_ref()).ok()?).ok()
+    }
+
+    fn key_owner(&self, key_id: &Digest) -> Option<String> {
+        let bytes = self.tree.get(key(KEY_OWNER, key_id.as_bytes())).ok()??;
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+
+    fn event_index(&self, event_hash: &Digest) -> Option<u64> {
+        let bytes = self.tree.get(key(EVENT, event_hash.as_bytes())).ok()??;
+        read_u64(&bytes, "event index").ok()
+    }
+}
+
+impl ProofSource for LedgerStore {
+    fn ledger_id(&self) -> Digest {
+        self.genesis.ledger_id
+    }
+
+    fn entry(&self, index: u64) -> Option<Vec<u8>> {
+        self.tree
+            .get(key(ENTRY, &index.to_be_bytes()))
+            .ok()?
+            .map(|v| v.to_vec())
+    }
+
+    fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Digest>> {
+        self.merkle.inclusion_proof(index, size).ok()
+    }
+
+    fn map_proof(&self, key: &Digest, size: u64) -> Option<Vec<Digest>> {
+        self.map.prove(key, size).ok().map(|p| p.siblings)
+    }
+
+    fn subject_indexes(&self, subject: &Subject) -> Vec<u64> {
+        match subject {
+            Subject::Manifest(t) => self
+                .manifest(t)
+                .map(|m| m.events.iter().map(|e| e.index).collect())
+                .unwrap_or_default(),
+            Subject::Party(id) => self
+                .party_record(id)
+                .map(|p| p.event_indexes)
+                .unwrap_or_default(),
+        }
+    }
+}
