@@ -3,6 +3,8 @@
 // a message is the clearest report for it.
 #![allow(clippy::expect_used)]
 
+pub mod cluster;
+
 use wasteledger_core::checkpoint::SignedCheckpoint;
 use wasteledger_core::memory::MemoryLedger;
 use wasteledger_core::pb::{self, event_body::Kind};

@@ -884,14 +884,13 @@ fn check_line_set(
             return Err(CustodyError::DuplicateLine(n));
         }
     }
-    if all {
-        if let Some(missing) = manifest
+    if all
+        && let Some(missing) = manifest
             .lines
             .iter()
             .find(|l| !seen.contains(&l.line_number))
-        {
-            return Err(CustodyError::MissingLine(missing.line_number));
-        }
+    {
+        return Err(CustodyError::MissingLine(missing.line_number));
     }
     Ok(seen)
 }

@@ -152,6 +152,37 @@ pub enum RejectionKind {
     Duplicate,
 }
 
+impl RejectionKind {
+    /// Every kind.
+    pub const ALL: [RejectionKind; 7] = [
+        RejectionKind::Malformed,
+        RejectionKind::Unauthenticated,
+        RejectionKind::PermissionDenied,
+        RejectionKind::FailedPrecondition,
+        RejectionKind::AlreadyExists,
+        RejectionKind::TooLarge,
+        RejectionKind::Duplicate,
+    ];
+
+    /// A stable name, used where a kind crosses a process boundary.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::Unauthenticated => "unauthenticated",
+            RejectionKind::PermissionDenied => "permission_denied",
+            RejectionKind::FailedPrecondition => "failed_precondition",
+            RejectionKind::AlreadyExists => "already_exists",
+            RejectionKind::TooLarge => "too_large",
+            RejectionKind::Duplicate => "duplicate",
+        }
+    }
+
+    /// The kind with this [`RejectionKind::name`].
+    pub fn from_name(name: &str) -> Option<RejectionKind> {
+        RejectionKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 /// Why the ledger refused an event. Deterministic: every node reaches the same one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {

@@ -260,10 +260,10 @@ fn waste_line(p: &mut Problems, field: &str, line: &pb::WasteLine) {
             );
         }
     }
-    if let Some(method) = &line.management_method {
-        if let Err(problem) = check_method(method) {
-            p.add(format!("{field}.management_method"), problem);
-        }
+    if let Some(method) = &line.management_method
+        && let Err(problem) = check_method(method)
+    {
+        p.add(format!("{field}.management_method"), problem);
     }
 }
 

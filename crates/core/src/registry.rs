@@ -256,13 +256,13 @@ pub fn apply_registry_event(
             expected: expected_prev.short(),
         });
     }
-    if let Some(r) = record {
-        if body.occurred_at < r.last_occurred_at {
-            return Err(RegistryError::TimeBeforePrevious {
-                previous: r.last_occurred_at,
-                got: body.occurred_at,
-            });
-        }
+    if let Some(r) = record
+        && body.occurred_at < r.last_occurred_at
+    {
+        return Err(RegistryError::TimeBeforePrevious {
+            previous: r.last_occurred_at,
+            got: body.occurred_at,
+        });
     }
     let mut next = match (kind, record) {
         (Kind::PartyRegistered(reg), None) => register(subject, reg, ctx)?,

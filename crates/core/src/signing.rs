@@ -114,6 +114,59 @@ pub fn verify(
         })
 }
 
+/// Why a secret key file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    /// No key line found.
+    #[error("key file has no key: expected one line of 64 hex characters (32-byte ed25519 seed)")]
+    Empty,
+    /// The key line is not 64 hex characters.
+    #[error("key file line {line}: expected 64 hex characters (32-byte ed25519 seed)")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// More than one key line.
+    #[error("key file has more than one key (line {line})")]
+    TooMany {
+        /// 1-based line number of the extra key.
+        line: usize,
+    },
+}
+
+/// Formats a secret key file: comment lines, then the 32-byte seed as 64 hex characters.
+pub fn format_secret_key_file(key: &SigningKey, comment: &str) -> String {
+    let mut out = String::new();
+    for line in comment.lines() {
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&hex::encode(key.to_bytes()));
+    out.push('\n');
+    out
+}
+
+/// Parses a secret key file written by [`format_secret_key_file`]: `#` comments and blank lines
+/// are ignored; exactly one line must hold the 64-hex-character seed.
+pub fn parse_secret_key_file(text: &str) -> Result<SigningKey, KeyFileError> {
+    let mut found = None;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if found.is_some() {
+            return Err(KeyFileError::TooMany { line: i + 1 });
+        }
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(line, &mut seed)
+            .map_err(|_| KeyFileError::Malformed { line: i + 1 })?;
+        found = Some(SigningKey::from_bytes(&seed));
+    }
+    found.ok_or(KeyFileError::Empty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +215,30 @@ mod tests {
             verify(&vk, SigningDomain::Event, &ledger, b"body", &sig[..63]),
             Err(SignatureError::SignatureLength(63))
         );
+    }
+
+    #[test]
+    fn key_files_round_trip_and_reject_garbage() {
+        let k = key(5);
+        let text = format_secret_key_file(&k, "demo key\nnever use in production");
+        assert!(text.starts_with("# demo key\n# never use"));
+        assert_eq!(
+            parse_secret_key_file(&text).map(|k| k.to_bytes()),
+            Ok(k.to_bytes())
+        );
+        assert_eq!(
+            parse_secret_key_file("# only a comment\n"),
+            Err(KeyFileError::Empty)
+        );
+        assert_eq!(
+            parse_secret_key_file("abc\n"),
+            Err(KeyFileError::Malformed { line: 1 })
+        );
+        let two = format!("{}{}", text, hex::encode([1u8; 32]));
+        assert!(matches!(
+            parse_secret_key_file(&two),
+            Err(KeyFileError::TooMany { .. })
+        ));
     }
 
     #[test]

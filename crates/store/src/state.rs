@@ -17,12 +17,14 @@
 //! | `H` | event hash | index (u64 BE) |
 //! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | empty (secondary indexes) |
 //! | `S` | name | node state: chain head, last ledger time, integrity checkpoint |
+//! | `C` | size (u64 BE) ‖ witness name | key hint ‖ signature of the checkpoint at that size |
 //! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
+use wasteledger_core::checkpoint::{Checkpoint, NoteSignature, SignedCheckpoint};
 use wasteledger_core::custody::ManifestState;
 use wasteledger_core::entry::{LedgerEntry, chain_link, leaf_hash};
 use wasteledger_core::envelope::Subject;
@@ -53,6 +55,8 @@ const USER: u8 = b'U';
 const CHAIN_HEAD: &[u8] = b"chain_head";
 const LAST_SEQUENCED: &[u8] = b"last_sequenced_at";
 const INTEGRITY: &[u8] = b"integrity_checkpoint";
+const PUBLISHED: &[u8] = b"published_checkpoint";
+const COSIG: u8 = b'C';
 
 fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -112,10 +116,10 @@ fn decode_map_node(bytes: &[u8]) -> Result<Option<MapNode>, StoreError> {
 type Overlay = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
 
 fn overlay_get(tree: &sled::Tree, overlay: &Overlay, key: &[u8]) -> Option<Vec<u8>> {
-    if let Ok(o) = overlay.lock() {
-        if let Some(v) = o.get(key) {
-            return Some(v.clone());
-        }
+    if let Ok(o) = overlay.lock()
+        && let Some(v) = o.get(key)
+    {
+        return Some(v.clone());
     }
     // A read error surfaces as a missing node, which the Merkle and map code report as
     // corruption (MissingNode / CorruptStore) rather than returning a wrong proof.
@@ -231,6 +235,23 @@ impl IntegrityError {
     }
 }
 
+/// What recording a witness cosignature did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CosignOutcome {
+    /// Recorded; `cosigners` distinct valid signatures are now held for `size`, and
+    /// `published` says whether the checkpoint meets the genesis trust policy.
+    Recorded {
+        /// Checkpoint size.
+        size: u64,
+        /// Distinct valid cosignatures held.
+        cosigners: u32,
+        /// The checkpoint meets the trust policy.
+        published: bool,
+    },
+    /// Not recorded, with the reason (identical on every node).
+    Refused(String),
+}
+
 /// The outcome of applying one event: accepted with a receipt, or a deterministic rejection.
 pub type ApplyOutcome = Result<Receipt, Rejection>;
 
@@ -293,6 +314,11 @@ impl LedgerStore {
     /// The genesis.
     pub fn genesis(&self) -> &Genesis {
         &self.genesis
+    }
+
+    /// Number of entries in the ledger.
+    pub fn merkle_size(&self) -> u64 {
+        self.merkle.size()
     }
 
     /// Tree root and map root at the current size.
@@ -531,6 +557,147 @@ impl LedgerStore {
         Ok(out)
     }
 
+    /// The checkpoint of the ledger at `size`: every node derives the same one, because its
+    /// time is the ledger time of entry `size - 1` (0 for the empty ledger), not a clock.
+    pub fn checkpoint_at(&self, size: u64) -> Option<Checkpoint> {
+        if size > self.merkle.size() {
+            return None;
+        }
+        let (root, map_root) = self.roots_at(size)?;
+        let time_ms = match size.checked_sub(1) {
+            Some(last) => LedgerEntry::decode(&self.entry(last)?).ok()?.sequenced_at,
+            None => 0,
+        };
+        Checkpoint::new(self.genesis.ledger_name(), size, root, map_root, time_ms).ok()
+    }
+
+    fn cosignatures(&self, size: u64) -> Result<Vec<NoteSignature>, StoreError> {
+        let prefix = key(COSIG, &size.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let name = String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|_| StoreError::Corrupt("cosignature witness name"))?;
+            if v.len() != 68 {
+                return Err(StoreError::Corrupt("cosignature length"));
+            }
+            let mut key_hint = [0u8; 4];
+            key_hint.copy_from_slice(&v[..4]);
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(&v[4..]);
+            out.push(NoteSignature {
+                name,
+                key_hint,
+                signature,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Verifies a witness cosignature of the checkpoint at `size` and records it, with `meta`,
+    /// atomically. Deterministic: every node refuses or records the same cosignatures.
+    pub fn record_cosignature(
+        &self,
+        size: u64,
+        signature: &NoteSignature,
+        meta: &[(&[u8], Vec<u8>)],
+    ) -> Result<CosignOutcome, StoreError> {
+        let refuse = |reason: String| -> Result<CosignOutcome, StoreError> {
+            self.put_meta(meta)?;
+            Ok(CosignOutcome::Refused(reason))
+        };
+        let Some(checkpoint) = self.checkpoint_at(size) else {
+            return refuse(format!(
+                "no checkpoint at size {size} (ledger size {})",
+                self.merkle.size()
+            ));
+        };
+        let single = SignedCheckpoint {
+            checkpoint: checkpoint.clone(),
+            signatures: vec![signature.clone()],
+        };
+        // A one-signature note must verify for this witness: reuse the policy verifier with
+        // the signature alone and check it counted.
+        let counted = match self.genesis.witnesses.verify(
+            &self.genesis.ledger_id,
+            &single,
+            self.genesis.ledger_name(),
+        ) {
+            Ok(report) => !report.signers.is_empty(),
+            Err(wasteledger_core::checkpoint::CheckpointError::QuorumNotMet { have, .. }) => {
+                have == 1
+            }
+            Err(wasteledger_core::checkpoint::CheckpointError::GroupQuorumNotMet { .. }) => true,
+            Err(e) => return refuse(e.to_string()),
+        };
+        if !counted {
+            return refuse(format!(
+                "{} is not a genesis witness with that key",
+                signature.name
+            ));
+        }
+        let mut batch = sled::Batch::default();
+        let mut blob = signature.key_hint.to_vec();
+        blob.extend_from_slice(&signature.signature);
+        batch.insert(
+            key(
+                COSIG,
+                &[size.to_be_bytes().as_slice(), signature.name.as_bytes()].concat(),
+            ),
+            blob,
+        );
+        let mut all = self.cosignatures(size)?;
+        all.retain(|s| s.name != signature.name);
+        all.push(signature.clone());
+        let note = SignedCheckpoint {
+            checkpoint,
+            signatures: all,
+        };
+        let cosigners = note.signatures.len() as u32;
+        let published = self
+            .genesis
+            .witnesses
+            .verify(&self.genesis.ledger_id, &note, self.genesis.ledger_name())
+            .is_ok();
+        let newer = self.published_size()?.is_none_or(|p| size > p);
+        if published && newer {
+            batch.insert(key(STATE, PUBLISHED), size.to_be_bytes().to_vec());
+            let mut integrity = size.to_be_bytes().to_vec();
+            integrity.extend_from_slice(note.checkpoint.root.as_bytes());
+            batch.insert(key(STATE, INTEGRITY), integrity);
+        }
+        for (k, v) in meta {
+            batch.insert(key(USER, k), v.clone());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(CosignOutcome::Recorded {
+            size,
+            cosigners,
+            published,
+        })
+    }
+
+    fn published_size(&self) -> Result<Option<u64>, StoreError> {
+        match self.tree.get(key(STATE, PUBLISHED))? {
+            Some(v) => Ok(Some(read_u64(&v, "published checkpoint size")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest checkpoint whose cosignatures meet the genesis trust policy.
+    pub fn published_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
+        let Some(size) = self.published_size()? else {
+            return Ok(None);
+        };
+        let checkpoint = self.checkpoint_at(size).ok_or(StoreError::Corrupt(
+            "published checkpoint beyond the ledger",
+        ))?;
+        Ok(Some(SignedCheckpoint {
+            checkpoint,
+            signatures: self.cosignatures(size)?,
+        }))
+    }
+
     /// Records the checkpoint the startup integrity check compares against.
     pub fn record_integrity_checkpoint(&self, size: u64, root: &Digest) -> Result<(), StoreError> {
         let mut v = size.to_be_bytes().to_vec();
@@ -567,15 +734,15 @@ impl LedgerStore {
         if chain != self.chain_head {
             return Err(IntegrityError::ChainMismatch { index: size });
         }
-        if let Ok(Some(v)) = self.tree.get(key(STATE, INTEGRITY)) {
-            if v.len() == 40 {
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(&v[..8]);
-                let cp_size = u64::from_be_bytes(raw);
-                let recomputed = self.recompute_root(cp_size.min(size));
-                if cp_size > size || Some(recomputed) != Digest::from_slice(&v[8..]) {
-                    return Err(IntegrityError::RootMismatch { size: cp_size });
-                }
+        if let Ok(Some(v)) = self.tree.get(key(STATE, INTEGRITY))
+            && v.len() == 40
+        {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&v[..8]);
+            let cp_size = u64::from_be_bytes(raw);
+            let recomputed = self.recompute_root(cp_size.min(size));
+            if cp_size > size || Some(recomputed) != Digest::from_slice(&v[8..]) {
+                return Err(IntegrityError::RootMismatch { size: cp_size });
             }
         }
         Ok(())
@@ -609,7 +776,7 @@ impl LedgerStore {
         for (k, v) in items {
             batch.insert(k, v);
             n += 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 tree.apply_batch(std::mem::take(&mut batch))?;
             }
         }

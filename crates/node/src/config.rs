@@ -1,0 +1,304 @@
+//! Node configuration files (`config/nodeN.toml`): parsing, validation and path resolution.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and every error
+//! names the file and the key. Relative paths are resolved against the directory of the
+//! configuration file, so a node starts the same way from any working directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::node::RaftTimings;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a missing key or a wrong type.
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml reported, including the key and line.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("configuration file {path}: key `{key}`: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: u64,
+    data_dir: PathBuf,
+    genesis: PathBuf,
+    witness_key: PathBuf,
+    #[serde(default)]
+    bootstrap: bool,
+    listen: RawListen,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    #[serde(default)]
+    raft: RawRaft,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    raft: String,
+    api: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: u64,
+    raft: String,
+    api: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRaft {
+    #[serde(default = "d_heartbeat")]
+    heartbeat_ms: u64,
+    #[serde(default = "d_emin")]
+    election_timeout_min_ms: u64,
+    #[serde(default = "d_emax")]
+    election_timeout_max_ms: u64,
+    #[serde(default = "d_snap")]
+    snapshot_every: u64,
+    #[serde(default = "d_keep")]
+    keep_logs_after_snapshot: u64,
+}
+
+fn d_heartbeat() -> u64 {
+    RaftTimings::default().heartbeat_ms
+}
+fn d_emin() -> u64 {
+    RaftTimings::default().election_timeout_min_ms
+}
+fn d_emax() -> u64 {
+    RaftTimings::default().election_timeout_max_ms
+}
+fn d_snap() -> u64 {
+    RaftTimings::default().snapshot_every
+}
+fn d_keep() -> u64 {
+    RaftTimings::default().keep_logs_after_snapshot
+}
+
+impl Default for RawRaft {
+    fn default() -> Self {
+        RawRaft {
+            heartbeat_ms: d_heartbeat(),
+            election_timeout_min_ms: d_emin(),
+            election_timeout_max_ms: d_emax(),
+            snapshot_every: d_snap(),
+            keep_logs_after_snapshot: d_keep(),
+        }
+    }
+}
+
+/// A peer of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Raft node id.
+    pub id: u64,
+    /// Raft transport address.
+    pub raft_addr: String,
+    /// Public API address.
+    pub api_addr: String,
+}
+
+/// A validated node configuration with absolute paths.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Raft node id.
+    pub id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Genesis file.
+    pub genesis: PathBuf,
+    /// Witness key file (hex seed).
+    pub witness_key: PathBuf,
+    /// This node initialises the cluster on its first start.
+    pub bootstrap: bool,
+    /// Raft transport listen address.
+    pub raft_listen: String,
+    /// Public API listen address.
+    pub api_listen: String,
+    /// The other founding members.
+    pub peers: Vec<Peer>,
+    /// Raft timings.
+    pub timings: RaftTimings,
+}
+
+impl NodeConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        NodeConfig::parse(path, &text)
+    }
+
+    /// Parses configuration text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            problem,
+        };
+        if raw.id == 0 {
+            return Err(invalid("id", "node ids start at 1".into()));
+        }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        for (key, addr) in [
+            ("listen.raft", &raw.listen.raft),
+            ("listen.api", &raw.listen.api),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(key, format!("{addr:?} is not an ip:port address")));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::from([raw.id]);
+        for peer in &raw.peers {
+            if !seen.insert(peer.id) {
+                return Err(invalid(
+                    "peers.id",
+                    format!("node id {} appears twice", peer.id),
+                ));
+            }
+            if peer.raft.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "peers.raft",
+                    format!("{:?} is not an ip:port address", peer.raft),
+                ));
+            }
+        }
+        let r = &raw.raft;
+        if r.heartbeat_ms == 0 || r.heartbeat_ms * 2 >= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.heartbeat_ms",
+                "must be positive and under half of raft.election_timeout_min_ms".into(),
+            ));
+        }
+        if r.election_timeout_min_ms >= r.election_timeout_max_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms".into(),
+            ));
+        }
+        Ok(NodeConfig {
+            path: path.to_owned(),
+            id: raw.id,
+            data_dir: resolve(&raw.data_dir),
+            genesis: resolve(&raw.genesis),
+            witness_key: resolve(&raw.witness_key),
+            bootstrap: raw.bootstrap,
+            raft_listen: raw.listen.raft,
+            api_listen: raw.listen.api,
+            peers: raw
+                .peers
+                .into_iter()
+                .map(|p| Peer {
+                    id: p.id,
+                    raft_addr: p.raft,
+                    api_addr: p.api,
+                })
+                .collect(),
+            timings: RaftTimings {
+                heartbeat_ms: r.heartbeat_ms,
+                election_timeout_min_ms: r.election_timeout_min_ms,
+                election_timeout_max_ms: r.election_timeout_max_ms,
+                snapshot_every: r.snapshot_every,
+                keep_logs_after_snapshot: r.keep_logs_after_snapshot,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = 1
+data_dir = "../data/node1"
+genesis = "genesis.pb"
+witness_key = "keys/node1.witness.key"
+bootstrap = true
+
+[listen]
+raft = "127.0.0.1:7101"
+api = "127.0.0.1:7201"
+
+[[peers]]
+id = 2
+raft = "127.0.0.1:7102"
+api = "127.0.0.1:7202"
+"#;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let c = NodeConfig::parse(Path::new("/repo/config/node1.toml"), GOOD).unwrap();
+        assert_eq!(c.data_dir, Path::new("/repo/config/../data/node1"));
+        assert_eq!(c.genesis, Path::new("/repo/config/genesis.pb"));
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.timings.heartbeat_ms, 250);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let typo = GOOD.replace("bootstrap", "bootstrapp");
+        let e = NodeConfig::parse(Path::new("node1.toml"), &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node1.toml") && e.contains("bootstrapp"), "{e}");
+        let missing = GOOD.replace("genesis = \"genesis.pb\"\n", "");
+        let e = NodeConfig::parse(Path::new("node1.toml"), &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("genesis"), "{e}");
+        let bad = GOOD.replace("127.0.0.1:7101", "localhost");
+        let e = NodeConfig::parse(Path::new("node1.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen.raft"), "{e}");
+        let slow = format!("{GOOD}\n[raft]\nheartbeat_ms = 600\n");
+        let e = NodeConfig::parse(Path::new("node1.toml"), &slow)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raft.heartbeat_ms"), "{e}");
+    }
+}

@@ -1,0 +1,349 @@
+//! A running node: storage, the Raft instance, the Raft transport server, and the write path
+//! (leader time stamping, fail-fast pre-check, commit, apply, receipt).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wasteledger_core::genesis::Genesis;
+use wasteledger_core::pb;
+use wasteledger_store::{DurableDb, LogStore, StoreError};
+
+use crate::log_storage::LogStorage;
+use crate::network::{Network, raft_service};
+use crate::state_machine::LedgerStateMachine;
+use crate::types::{LedgerRaft, LedgerRequest, LedgerResponse, NodeAddr};
+
+/// Raft timings. Defaults are tuned for fsync-bound traffic on a small machine: a heartbeat well
+/// under half the election timeout, and an election timeout long enough that a slow fsync does
+/// not depose a healthy leader.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    /// Heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (ms).
+    pub election_timeout_min_ms: u64,
+    /// Maximum election timeout (ms).
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, for followers slightly behind.
+    pub keep_logs_after_snapshot: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_every: 10_000,
+            keep_logs_after_snapshot: 2_000,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+pub struct NodeOptions {
+    /// Raft node id (never reused).
+    pub id: u64,
+    /// Data directory (sled database and snapshots).
+    pub data_dir: PathBuf,
+    /// The network's genesis.
+    pub genesis: Genesis,
+    /// Bound listener for the Raft transport (bind `127.0.0.1:0` for tests).
+    pub raft_listener: TcpListener,
+    /// This node's public API address, advertised to peers.
+    pub api_addr: String,
+    /// Raft timings.
+    pub timings: RaftTimings,
+}
+
+/// Why a node could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The stored ledger failed its integrity check: the node refuses to serve.
+    #[error(
+        "integrity check failed, refusing to serve: {0}; rebuild this node from its peers under a new node id"
+    )]
+    Integrity(wasteledger_store::state::IntegrityError),
+    /// openraft refused the configuration or failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// I/O (listeners, files).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a write was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// This node is not the leader (or has no valid lease yet); retry at the leader.
+    #[error("not the leader; leader is {leader:?}")]
+    NotLeader {
+        /// The leader's id and address, when known.
+        leader: Option<(u64, NodeAddr)>,
+    },
+    /// The body is malformed (fails before reaching Raft).
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    /// The leader's pre-check refused it; nothing was proposed.
+    #[error("{code}: {message}")]
+    Rejected {
+        /// Stable code.
+        code: String,
+        /// Class of the refusal (`RejectionKind::name`).
+        kind: String,
+        /// Message.
+        message: String,
+    },
+    /// Raft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A node's view of the cluster, without openraft types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This node's id.
+    pub id: u64,
+    /// The leader, if known.
+    pub leader: Option<u64>,
+    /// The leader's API address, if known.
+    pub leader_api: Option<String>,
+    /// Current Raft term.
+    pub term: u64,
+    /// Last applied Raft log index.
+    pub last_applied_log: Option<u64>,
+    /// Voting members.
+    pub voters: Vec<u64>,
+}
+
+/// A started node.
+pub struct Node {
+    /// The Raft handle.
+    pub raft: LedgerRaft,
+    /// The state machine (read access to the ledger).
+    pub state_machine: LedgerStateMachine,
+    /// The Raft transport address actually bound.
+    pub raft_addr: String,
+    /// The advertised API address.
+    pub api_addr: String,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: Option<oneshot::Sender<()>>,
+    db: DurableDb,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Opens storage, checks its integrity, starts Raft and the transport server.
+    pub async fn start(options: NodeOptions) -> Result<Node, NodeError> {
+        let db = DurableDb::open(options.data_dir.join("db"))?;
+        let log = LogStorage::new(LogStore::open(db.clone())?);
+        let state_machine = LedgerStateMachine::open(
+            &db,
+            options.genesis.clone(),
+            options.data_dir.join("snapshots"),
+        )?;
+        state_machine
+            .with_store(|s| s.verify_integrity())?
+            .map_err(NodeError::Integrity)?;
+        let t = &options.timings;
+        let config = openraft::Config {
+            cluster_name: options.genesis.ledger_name().to_owned(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+            max_in_snapshot_log_to_keep: t.keep_logs_after_snapshot,
+            max_payload_entries: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        crate::network::check_raft_config(&config).map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = LedgerRaft::new(
+            options.id,
+            Arc::new(config),
+            Network::new(options.id),
+            log,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft_addr = options.raft_listener.local_addr()?.to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = raft_service(raft.clone(), options.data_dir.join("snapshots"));
+        let incoming = tonic::transport::server::TcpIncoming::from(options.raft_listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        Ok(Node {
+            raft,
+            state_machine,
+            raft_addr,
+            api_addr: options.api_addr,
+            server,
+            stop: Some(stop),
+            db,
+        })
+    }
+
+    /// This node's address record.
+    pub fn addr(&self) -> NodeAddr {
+        NodeAddr {
+            raft_addr: self.raft_addr.clone(),
+            api_addr: self.api_addr.clone(),
+        }
+    }
+
+    /// Initialises a new cluster with these voters. Harmless if already initialised.
+    pub async fn initialize(&self, members: BTreeMap<u64, NodeAddr>) -> Result<(), NodeError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Submits an encoded `SignedEvent` on the leader: stamps the ledger time, pre-checks it
+    /// (fail fast, nothing proposed on a refusal), proposes it, and returns the state machine's
+    /// answer after commit and apply.
+    pub async fn submit(&self, event: Vec<u8>) -> Result<LedgerResponse, WriteError> {
+        let signed = pb::SignedEvent::decode(event.as_slice())
+            .map_err(|e| WriteError::Malformed(e.to_string()))?;
+        let sequenced_at = now_ms();
+        let precheck = self
+            .state_machine
+            .with_store(|s| s.check(&signed, sequenced_at).map(|_| ()))
+            .map_err(|e| WriteError::Raft(e.to_string()))?;
+        if let Err(rejection) = precheck {
+            // A duplicate is answered from the ledger (idempotent resubmission).
+            return Err(WriteError::Rejected {
+                code: rejection.code().to_owned(),
+                kind: rejection.kind().name().to_owned(),
+                message: rejection.to_string(),
+            });
+        }
+        self.propose(LedgerRequest::Submit {
+            event,
+            sequenced_at,
+        })
+        .await
+    }
+
+    /// Proposes a request and waits for it to be applied.
+    pub async fn propose(&self, request: LedgerRequest) -> Result<LedgerResponse, WriteError> {
+        match self.raft.client_write(request).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(e) => Err(WriteError::Raft(e.to_string())),
+        }
+    }
+
+    /// Proposes a node-originated command (a witness cosignature) here if this node leads, or
+    /// on the leader over the Raft transport.
+    pub async fn propose_anywhere(
+        &self,
+        request: LedgerRequest,
+    ) -> Result<LedgerResponse, WriteError> {
+        match self.propose(request.clone()).await {
+            Err(WriteError::NotLeader {
+                leader: Some((_, addr)),
+            }) => {
+                crate::network::propose_remote(&addr.raft_addr, &request, Duration::from_secs(10))
+                    .await
+                    .map_err(WriteError::Raft)
+            }
+            other => other,
+        }
+    }
+
+    /// The node's database (for node-local state such as the witness's).
+    pub fn db(&self) -> &DurableDb {
+        &self.db
+    }
+
+    /// Waits until this node has applied at least `index` (bounded by `timeout`).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// What this node knows of the cluster (copied out at once: holding openraft's metrics
+    /// borrow blocks Raft).
+    pub fn cluster_view(&self) -> ClusterView {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader_api = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.api_addr.clone())
+        });
+        ClusterView {
+            id: m.id,
+            leader: m.current_leader,
+            leader_api,
+            term: m.current_term,
+            last_applied_log: m.last_applied.map(|l| l.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    /// Ledger size and roots.
+    pub fn ledger_head(
+        &self,
+    ) -> Result<(u64, wasteledger_core::Digest, wasteledger_core::Digest), NodeError> {
+        Ok(self.state_machine.with_store(|s| {
+            let (root, map_root) = s.roots();
+            (s.merkle_size(), root, map_root)
+        })?)
+    }
+
+    /// Stops Raft and the transport server, and syncs storage.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+        self.db.sync()?;
+        Ok(())
+    }
+}

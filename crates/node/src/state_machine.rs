@@ -1,0 +1,510 @@
+//! The Raft state machine: applies committed log entries to the ledger in sled, answers each
+//! client, and builds and installs snapshots as files.
+//!
+//! Every node runs [`wasteledger_store::state::LedgerStore::apply`] — which runs the core's
+//! deterministic decision function — on every committed entry, so all nodes reach the same
+//! verdicts, roots and rejections. The Raft last-applied id and membership are written in the
+//! same sled batch as the entry they follow, so a crash never separates them.
+//!
+//! Snapshot file layout (all integers big-endian):
+//! `"WLSNAP01"` ‖ u32 meta length ‖ meta (`types::encode` of the openraft snapshot meta) ‖
+//! records (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖ u32 0xFFFFFFFF ‖
+//! blake3 of every preceding byte (32). Written to a temporary file, fsynced, renamed, and the
+//! directory fsynced.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{
+    EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership,
+};
+use prost::Message;
+use wasteledger_core::checkpoint::NoteSignature;
+use wasteledger_core::genesis::Genesis;
+use wasteledger_core::ledger::Rejection;
+use wasteledger_core::pb;
+use wasteledger_store::state::{CosignOutcome, LedgerStore};
+use wasteledger_store::{DurableDb, StoreError};
+
+use crate::types::{
+    LedgerRequest, LedgerResponse, LogId, SnapshotFile, TypeConfig, decode, encode,
+};
+
+const LEDGER_TREE: &str = "ledger";
+const LAST_APPLIED: &[u8] = b"raft/last_applied";
+const MEMBERSHIP: &[u8] = b"raft/membership";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"WLSNAP01";
+const END_OF_RECORDS: u32 = u32::MAX;
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+struct Inner {
+    store: LedgerStore,
+    last_applied: Option<LogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+    current_snapshot: Option<(SnapshotMetaOf<TypeConfig>, PathBuf)>,
+}
+
+/// The ledger state machine (a cheap-clone handle).
+#[derive(Clone)]
+pub struct LedgerStateMachine {
+    inner: Arc<Mutex<Inner>>,
+    db: DurableDb,
+    genesis: Genesis,
+    snapshot_dir: PathBuf,
+}
+
+impl LedgerStateMachine {
+    /// Opens the state machine stored in `db`, with snapshots kept in `snapshot_dir`.
+    pub fn open(
+        db: &DurableDb,
+        genesis: Genesis,
+        snapshot_dir: PathBuf,
+    ) -> Result<LedgerStateMachine, StoreError> {
+        fs::create_dir_all(&snapshot_dir)?;
+        let store = LedgerStore::open(db.raw_tree(LEDGER_TREE)?, genesis.clone())?;
+        let last_applied = match store.get_meta(LAST_APPLIED)? {
+            Some(b) => decode(&b)
+                .map_err(|e| StoreError::Inconsistent(format!("raft last applied: {e}")))?,
+            None => None,
+        };
+        let membership = match store.get_meta(MEMBERSHIP)? {
+            Some(b) => {
+                decode(&b).map_err(|e| StoreError::Inconsistent(format!("raft membership: {e}")))?
+            }
+            None => StoredMembership::default(),
+        };
+        let current_snapshot = latest_snapshot(&snapshot_dir);
+        Ok(LedgerStateMachine {
+            inner: Arc::new(Mutex::new(Inner {
+                store,
+                last_applied,
+                membership,
+                current_snapshot,
+            })),
+            db: db.clone(),
+            genesis,
+            snapshot_dir,
+        })
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| io_err("state machine lock poisoned by an earlier panic"))
+    }
+
+    /// Runs `f` with the ledger store (for queries, proofs and the witness). Do not hold the
+    /// result of a borrow across an await.
+    pub fn with_store<T>(&self, f: impl FnOnce(&LedgerStore) -> T) -> io::Result<T> {
+        Ok(f(&self.lock()?.store))
+    }
+
+    /// The genesis this node serves.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    fn apply_one(
+        inner: &mut Inner,
+        log_id: LogId,
+        payload: openraft::alias::EntryPayloadOf<TypeConfig>,
+    ) -> io::Result<LedgerResponse> {
+        let applied = encode(&Some(log_id)).map_err(io_err)?;
+        match payload {
+            EntryPayload::Blank => {
+                inner
+                    .store
+                    .put_meta(&[(LAST_APPLIED, applied)])
+                    .map_err(io_err)?;
+                Ok(LedgerResponse::Empty)
+            }
+            EntryPayload::Membership(m) => {
+                let membership = StoredMembership::new(Some(log_id), m);
+                let stored = encode(&membership).map_err(io_err)?;
+                inner
+                    .store
+                    .put_meta(&[(LAST_APPLIED, applied), (MEMBERSHIP, stored)])
+                    .map_err(io_err)?;
+                inner.membership = membership;
+                Ok(LedgerResponse::Empty)
+            }
+            EntryPayload::Normal(LedgerRequest::Submit {
+                event,
+                sequenced_at,
+            }) => {
+                let meta = [(LAST_APPLIED, applied)];
+                let signed = match pb::SignedEvent::decode(event.as_slice()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        inner.store.put_meta(&meta).map_err(io_err)?;
+                        return Ok(LedgerResponse::Rejected {
+                            code: "envelope.malformed".into(),
+                            kind: wasteledger_core::ledger::RejectionKind::Malformed
+                                .name()
+                                .into(),
+                            message: format!("not a wasteledger.v1.SignedEvent: {e}"),
+                            duplicate_of: None,
+                        });
+                    }
+                };
+                match inner
+                    .store
+                    .apply(&signed, sequenced_at, &meta)
+                    .map_err(io_err)?
+                {
+                    Ok(receipt) => Ok(LedgerResponse::Accepted {
+                        index: receipt.index,
+                        event_hash: receipt.event_hash.0,
+                        leaf_hash: receipt.leaf_hash.0,
+                        tree_size: receipt.tree_size,
+                    }),
+                    Err(rejection) => Ok(rejected(&rejection)),
+                }
+            }
+            EntryPayload::Normal(LedgerRequest::Cosign {
+                size,
+                witness,
+                signature,
+                ..
+            }) => {
+                let meta = [(LAST_APPLIED, applied)];
+                let Some((hint, sig)) = signature.split_first_chunk::<4>() else {
+                    inner.store.put_meta(&meta).map_err(io_err)?;
+                    return Ok(LedgerResponse::CosignRefused {
+                        reason: "signature must be 68 bytes".into(),
+                    });
+                };
+                let Ok(sig) = <[u8; 64]>::try_from(sig) else {
+                    inner.store.put_meta(&meta).map_err(io_err)?;
+                    return Ok(LedgerResponse::CosignRefused {
+                        reason: "signature must be 68 bytes".into(),
+                    });
+                };
+                let note_sig = NoteSignature {
+                    name: witness,
+                    key_hint: *hint,
+                    signature: sig,
+                };
+                match inner
+                    .store
+                    .record_cosignature(size, &note_sig, &meta)
+                    .map_err(io_err)?
+                {
+                    CosignOutcome::Recorded {
+                        size, cosigners, ..
+                    } => Ok(LedgerResponse::Cosigned { size, cosigners }),
+                    CosignOutcome::Refused(reason) => Ok(LedgerResponse::CosignRefused { reason }),
+                }
+            }
+        }
+    }
+}
+
+fn rejected(rejection: &Rejection) -> LedgerResponse {
+    LedgerResponse::Rejected {
+        code: rejection.code().to_owned(),
+        kind: rejection.kind().name().to_owned(),
+        message: rejection.to_string(),
+        duplicate_of: match rejection {
+            Rejection::AlreadyRecorded { index } => Some(*index),
+            _ => None,
+        },
+    }
+}
+
+/// Finds the newest complete snapshot file (`*.snap`) and reads its meta.
+fn latest_snapshot(dir: &Path) -> Option<(SnapshotMetaOf<TypeConfig>, PathBuf)> {
+    let mut best: Option<(SnapshotMetaOf<TypeConfig>, PathBuf)> = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("snap") {
+            continue;
+        }
+        let Ok(meta) = read_snapshot_meta(&path) else {
+            continue;
+        };
+        let newer = best
+            .as_ref()
+            .is_none_or(|(b, _)| meta.last_log_id > b.last_log_id);
+        if newer {
+            best = Some((meta, path));
+        }
+    }
+    best
+}
+
+fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+/// Reads and checks the header of a snapshot file.
+pub fn read_snapshot_meta(path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
+    let mut r = BufReader::new(File::open(path)?);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a WasteLedger snapshot file",
+        ));
+    }
+    let len = read_u32(&mut r)? as usize;
+    if len > 1 << 20 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot meta too large",
+        ));
+    }
+    let mut meta = vec![0u8; len];
+    r.read_exact(&mut meta)?;
+    decode(&meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Reads a whole snapshot file, verifying its checksum, and returns the meta and records.
+/// A snapshot's key/value records.
+type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn read_snapshot(path: &Path) -> io::Result<(SnapshotMetaOf<TypeConfig>, Records)> {
+    let bytes = fs::read(path)?;
+    let invalid = |m: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot {}: {m}", path.display()),
+        )
+    };
+    if bytes.len() < 8 + 4 + 4 + 32 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(invalid("bad magic or truncated"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(invalid("checksum mismatch"));
+    }
+    let mut r = &body[8..];
+    let meta_len = read_u32(&mut r)? as usize;
+    if meta_len > r.len() {
+        return Err(invalid("meta length"));
+    }
+    let (meta_bytes, mut r) = r.split_at(meta_len);
+    let meta = decode(meta_bytes).map_err(|e| invalid(&e.to_string()))?;
+    let mut records = Vec::new();
+    loop {
+        let klen = read_u32(&mut r)?;
+        if klen == END_OF_RECORDS {
+            break;
+        }
+        let klen = klen as usize;
+        if klen > r.len() {
+            return Err(invalid("key length"));
+        }
+        let (k, rest) = r.split_at(klen);
+        r = rest;
+        let vlen = read_u32(&mut r)? as usize;
+        if vlen > r.len() {
+            return Err(invalid("value length"));
+        }
+        let (v, rest) = r.split_at(vlen);
+        r = rest;
+        records.push((k.to_vec(), v.to_vec()));
+    }
+    if !r.is_empty() {
+        return Err(invalid("trailing bytes"));
+    }
+    Ok((meta, records))
+}
+
+/// Writes a snapshot durably: temporary file, fsync, rename, fsync of the directory.
+fn write_snapshot(
+    dir: &Path,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+) -> io::Result<PathBuf> {
+    let name = match &meta.last_log_id {
+        Some(id) => format!("snapshot-{}-{}", id.leader_id.term, id.index),
+        None => "snapshot-empty".to_owned(),
+    };
+    let tmp = dir.join(format!("{name}.partial"));
+    let path = dir.join(format!("{name}.snap"));
+    let mut hasher = blake3::Hasher::new();
+    let file = File::create(&tmp)?;
+    let mut w = BufWriter::new(file);
+    let mut put = |w: &mut BufWriter<File>, bytes: &[u8]| -> io::Result<()> {
+        hasher.update(bytes);
+        w.write_all(bytes)
+    };
+    put(&mut w, SNAPSHOT_MAGIC)?;
+    let meta_bytes = encode(meta).map_err(io_err)?;
+    put(&mut w, &(meta_bytes.len() as u32).to_be_bytes())?;
+    put(&mut w, &meta_bytes)?;
+    for record in records {
+        let (k, v) = record.map_err(io_err)?;
+        put(&mut w, &(k.len() as u32).to_be_bytes())?;
+        put(&mut w, &k)?;
+        put(&mut w, &(v.len() as u32).to_be_bytes())?;
+        put(&mut w, &v)?;
+    }
+    put(&mut w, &END_OF_RECORDS.to_be_bytes())?;
+    let sum = hasher.finalize();
+    w.write_all(sum.as_bytes())?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// Removes snapshot files other than `keep`.
+fn remove_other_snapshots(dir: &Path, keep: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_snapshot = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("snap" | "partial")
+            );
+            if is_snapshot
+                && path != keep
+                && let Err(e) = fs::remove_file(&path)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove old snapshot");
+            }
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
+    type SnapshotData = SnapshotFile;
+
+    /// Holds the state-machine lock while exporting, so the snapshot is one consistent view
+    /// (the builder runs concurrently with `apply`; sled iteration is not point-in-time).
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut inner = this.lock()?;
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+            };
+            if let Some(size) = Some(inner.store.merkle_size()) {
+                let root = inner.store.roots().0;
+                inner
+                    .store
+                    .record_integrity_checkpoint(size, &root)
+                    .map_err(io_err)?;
+            }
+            let path = write_snapshot(&this.snapshot_dir, &meta, inner.store.export())?;
+            remove_other_snapshots(&this.snapshot_dir, &path);
+            inner.current_snapshot = Some((meta.clone(), path.clone()));
+            Ok(Snapshot {
+                meta,
+                snapshot: SnapshotFile { path },
+            })
+        })
+        .await
+        .map_err(io_err)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let inner = self.lock()?;
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut inner = self.lock()?;
+                let response = Self::apply_one(&mut inner, entry.log_id, entry.payload)?;
+                inner.last_applied = Some(entry.log_id);
+                response
+            };
+            // Every entry with a responder must be answered, or client_write waits forever.
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let (file_meta, records) = read_snapshot(&snapshot.path)?;
+            if file_meta != meta {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "snapshot file meta differs from the announced meta",
+                ));
+            }
+            let mut inner = this.lock()?;
+            let tree = this.db.raw_tree(LEDGER_TREE).map_err(io_err)?;
+            let store = LedgerStore::import(tree, this.genesis.clone(), records.into_iter())
+                .map_err(io_err)?;
+            store.verify_integrity().map_err(io_err)?;
+            let applied = encode(&meta.last_log_id).map_err(io_err)?;
+            let membership = encode(&meta.last_membership).map_err(io_err)?;
+            store
+                .put_meta(&[(LAST_APPLIED, applied), (MEMBERSHIP, membership)])
+                .map_err(io_err)?;
+            this.db.sync()?;
+            // Keep the installed file as our current snapshot (under our naming scheme).
+            let kept = this.snapshot_dir.join(match &meta.last_log_id {
+                Some(id) => format!("snapshot-{}-{}.snap", id.leader_id.term, id.index),
+                None => "snapshot-empty.snap".to_owned(),
+            });
+            if snapshot.path != kept {
+                fs::rename(&snapshot.path, &kept)
+                    .or_else(|_| fs::copy(&snapshot.path, &kept).map(|_| ()))?;
+                File::open(&this.snapshot_dir)?.sync_all()?;
+            }
+            remove_other_snapshots(&this.snapshot_dir, &kept);
+            inner.store = store;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.current_snapshot = Some((meta, kept));
+            Ok(())
+        })
+        .await
+        .map_err(io_err)?
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
+        let inner = self.lock()?;
+        Ok(inner
+            .current_snapshot
+            .as_ref()
+            .map(|(meta, path)| Snapshot {
+                meta: meta.clone(),
+                snapshot: SnapshotFile { path: path.clone() },
+            }))
+    }
+}

@@ -1,0 +1,310 @@
+//! Multi-node tests against real `wasteledger node` processes on 127.0.0.1: replication through
+//! any node, SIGKILL of the leader under load with no acknowledged event lost, a full restart
+//! from disk, no commit without a quorum, and a tampered node refusing to serve.
+//!
+//! Registered as an integration test of the `wasteledger` package so that Cargo builds the
+//! binary and passes its path (`CARGO_BIN_EXE_wasteledger`).
+
+// Test code: a failed expectation is a test failure with a message.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use wasteledger_core::pb::{self, event_body::Kind};
+use wasteledger_core::sample::{ManifestFlow, T0, ids};
+use wasteledger_tests::cluster::Cluster;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasteledger");
+const LONG: Duration = Duration::from_secs(60);
+
+fn create_event(cluster: &Cluster, serial: u32) -> (String, pb::SignedEvent) {
+    let number = format!("20261502{serial:06}");
+    let flow = ManifestFlow::new(&cluster.net, &number, T0).unwrap();
+    let manifest = cluster.net.manifest(&number, &[ids::ROAD]);
+    let event = flow.event(
+        Kind::ManifestCreated(pb::ManifestCreated {
+            manifest: Some(manifest),
+        }),
+        &[ids::GENERATOR],
+    );
+    (number, event)
+}
+
+async fn register_parties(cluster: &Cluster, via: &[u64]) {
+    for (i, event) in cluster.net.registrations().iter().enumerate() {
+        let node = via[i % via.len()];
+        cluster
+            .submit(node, event, LONG)
+            .await
+            .unwrap_or_else(|s| panic!("registration via node {node}: {s:?}"));
+    }
+}
+
+async fn manifest_on(cluster: &Cluster, node: u64, number: &str) -> Option<pb::ManifestState> {
+    let mut client = cluster.client(node).await?;
+    let request = pb::GetManifestRequest {
+        tracking_number: Some(pb::TrackingNumber {
+            scheme: pb::TrackingScheme::Cn as i32,
+            number: number.into(),
+        }),
+    };
+    client
+        .get_manifest(request)
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_through_any_node_and_survives_a_full_restart() {
+    let mut cluster = Cluster::start(Path::new(BIN), 3);
+    register_parties(&cluster, &[1, 2, 3]).await;
+    // A whole lifecycle, each step sent to a different node (followers forward to the leader).
+    let mut flow = ManifestFlow::new(&cluster.net, "20261502000001", T0).unwrap();
+    let manifest = cluster
+        .net
+        .manifest("20261502000001", &[ids::ROAD, ids::RAIL]);
+    let steps: Vec<(Kind, Vec<&str>)> = vec![
+        (
+            Kind::ManifestCreated(pb::ManifestCreated {
+                manifest: Some(manifest),
+            }),
+            vec![ids::GENERATOR],
+        ),
+        (
+            ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+            vec![ids::GENERATOR, ids::ROAD],
+        ),
+        (
+            ManifestFlow::handoff(ids::ROAD, ids::RAIL),
+            vec![ids::ROAD, ids::RAIL],
+        ),
+        (
+            ManifestFlow::handoff(ids::RAIL, ids::FACILITY),
+            vec![ids::RAIL, ids::FACILITY],
+        ),
+        (
+            ManifestFlow::received("8.5", "1800", 12),
+            vec![ids::FACILITY],
+        ),
+    ];
+    for (i, (kind, signers)) in steps.into_iter().enumerate() {
+        let event = flow.event(kind, &signers);
+        let receipt = cluster
+            .submit(1 + (i as u64 % 3), &event, LONG)
+            .await
+            .expect("step accepted");
+        assert_eq!(receipt.tree_size, receipt.index + 1);
+        flow.accept(&event);
+    }
+    // A resubmitted identical event returns the original receipt, never a second entry.
+    let (_, replay) = create_event(&cluster, 2);
+    let first = cluster
+        .submit(3, &replay, LONG)
+        .await
+        .expect("create accepted");
+    let again = cluster
+        .submit(2, &replay, LONG)
+        .await
+        .expect("resubmission answered");
+    assert_eq!(first, again);
+    // A rule violation is refused with its code, and nothing is appended.
+    let stale = flow.event(
+        ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+        &[ids::GENERATOR, ids::ROAD],
+    );
+    let mut stale_body: pb::EventBody = prost::Message::decode(stale.body.as_slice()).unwrap();
+    stale_body.prev_event_hash = vec![0; 32];
+    let stale = wasteledger_core::compose::sign_event(
+        &cluster.net.ledger_id(),
+        &stale_body,
+        &[
+            cluster.net.key(ids::GENERATOR).unwrap(),
+            cluster.net.key(ids::ROAD).unwrap(),
+        ],
+    );
+    let refused = cluster
+        .submit(2, &stale, LONG)
+        .await
+        .expect_err("stale handoff refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused
+            .metadata()
+            .get("wasteledger-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("custody.stale_chain")
+    );
+
+    let head = cluster
+        .converged(&[1, 2, 3], 12, LONG)
+        .await
+        .expect("all three nodes agree");
+    assert_eq!(
+        head.size, 12,
+        "6 registrations + 5 lifecycle events + 1 creation"
+    );
+
+    // Every node eventually publishes a cosigned checkpoint of the final size, and serves a
+    // custody proof of it that verifies offline.
+    let mut proofs = Vec::new();
+    for node in 1..=3 {
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            let mut c = cluster.client(node).await.expect("client");
+            let request = pb::GetCustodyProofRequest {
+                tracking_number: Some(pb::TrackingNumber {
+                    scheme: pb::TrackingScheme::Cn as i32,
+                    number: "20261502000001".into(),
+                }),
+            };
+            if let Ok(proof) = c.get_custody_proof(request).await {
+                let proof = proof.into_inner();
+                let verified =
+                    wasteledger_core::proof::verify_custody_proof(&proof, &cluster.net.genesis)
+                        .expect("proof verifies offline");
+                if verified.checkpoint.size == head.size {
+                    assert_eq!(verified.checkpoint.root.0.to_vec(), head.root);
+                    assert_eq!(verified.timeline.len(), 5);
+                    proofs.push(verified.checkpoint);
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {node} published no checkpoint of size {}",
+                head.size
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert!(
+        proofs.windows(2).all(|w| w[0] == w[1]),
+        "all nodes prove against the same checkpoint"
+    );
+
+    // Stop all three cleanly, restart from disk: same ledger, same root.
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.stop(node),
+            Some(0),
+            "node {node} exits cleanly on SIGTERM:\n{}",
+            cluster.logs(node)
+        );
+    }
+    for node in 1..=3 {
+        cluster.start_node(node);
+    }
+    let after = cluster
+        .converged(&[1, 2, 3], head.size, LONG)
+        .await
+        .expect("restarted nodes agree");
+    assert_eq!(
+        (after.size, after.root, after.map_root),
+        (head.size, head.root, head.map_root)
+    );
+    assert!(manifest_on(&cluster, 3, "20261502000001").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_event() {
+    let mut cluster = Cluster::start(Path::new(BIN), 3);
+    register_parties(&cluster, &[1]).await;
+    let leader = cluster.head(1).await.expect("head").leader_id;
+    assert!(leader > 0);
+    let survivors: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let mut acknowledged = Vec::new();
+    for serial in 1..=60u32 {
+        if serial == 20 {
+            cluster.kill(leader);
+        }
+        let (number, event) = create_event(&cluster, serial);
+        // Before the kill any node will do; after it, only the survivors answer.
+        let target = if serial < 20 {
+            1 + serial as u64 % 3
+        } else {
+            survivors[serial as usize % 2]
+        };
+        match cluster.submit(target, &event, LONG).await {
+            Ok(receipt) => acknowledged.push((number, receipt)),
+            // Refused writes (e.g. in-flight at the kill) are allowed: only acknowledged ones
+            // must survive.
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+    }
+    assert!(
+        acknowledged.len() >= 40,
+        "the survivors kept accepting writes ({} acknowledged)",
+        acknowledged.len()
+    );
+    cluster.start_node(leader);
+    let head = cluster
+        .converged(&[1, 2, 3], 6 + acknowledged.len() as u64, LONG)
+        .await
+        .expect("all nodes agree after the restart");
+    for node in 1..=3 {
+        for (number, receipt) in &acknowledged {
+            let state = manifest_on(&cluster, node, number)
+                .await
+                .unwrap_or_else(|| panic!("node {node} lost acknowledged manifest {number}"));
+            assert_eq!(
+                state.head, receipt.event_hash,
+                "node {node} manifest {number}"
+            );
+        }
+    }
+    assert!(head.size >= 6 + acknowledged.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_commit_without_quorum_and_tampered_node_refuses_to_serve() {
+    let mut cluster = Cluster::start(Path::new(BIN), 3);
+    register_parties(&cluster, &[1]).await;
+    cluster.converged(&[1, 2, 3], 6, LONG).await.expect("agree");
+    // Two of three down: writes are refused (never acknowledged).
+    assert_eq!(cluster.stop(2), Some(0));
+    assert_eq!(cluster.stop(3), Some(0));
+    let (_, event) = create_event(&cluster, 7);
+    let refused = cluster.submit(1, &event, Duration::from_secs(5)).await;
+    assert!(
+        refused.is_err(),
+        "a write without quorum must not be acknowledged: {refused:?}"
+    );
+    // One returns: the write goes through.
+    cluster.start_node(2);
+    cluster
+        .submit(1, &event, LONG)
+        .await
+        .expect("write succeeds with a quorum again");
+    let head = cluster.converged(&[1, 2], 7, LONG).await.expect("agree");
+
+    // Flip one byte of a stored event on the stopped node 3, which has the first 6 entries.
+    let spec = cluster.specs[&3].clone();
+    {
+        let db = wasteledger_store::DurableDb::open(spec.data_dir.join("db"))
+            .expect("open node 3's store");
+        let tree = db.raw_tree("ledger").expect("ledger tree");
+        let key = [b"E".as_slice(), &2u64.to_be_bytes()].concat();
+        let mut bytes = tree
+            .get(&key)
+            .expect("read")
+            .expect("entry 2 present")
+            .to_vec();
+        bytes[60] ^= 0x01;
+        tree.insert(&key, bytes).expect("write");
+        db.sync().expect("sync");
+    }
+    cluster.start_node(3);
+    let code = cluster.wait_exit(3, LONG);
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "a tampered node must refuse to start (exit {code:?})"
+    );
+    let logs = cluster.logs(3);
+    assert!(
+        logs.contains("integrity") && logs.contains("entry 2"),
+        "the error names the check and the first bad index:\n{logs}"
+    );
+    assert!(head.size >= 7);
+}

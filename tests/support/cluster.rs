@@ -1,0 +1,257 @@
+//! A real cluster for integration tests: `wasteledger node` processes on 127.0.0.1 with
+//! ephemeral ports and temporary data directories, driven over the public gRPC API.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasteledger_core::pb;
+use wasteledger_core::sample::SampleNetwork;
+use wasteledger_core::signing::format_secret_key_file;
+use wasteledger_server::LedgerServiceClient;
+
+/// Picks a free loopback port (bound then released; the node binds it again at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One node's fixed addresses and files.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Raft node id.
+    pub id: u64,
+    /// Raft transport address.
+    pub raft: String,
+    /// Public API address.
+    pub api: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+/// A cluster of node processes.
+pub struct Cluster {
+    /// The sample network (genesis and keys).
+    pub net: SampleNetwork,
+    /// Node specs by id.
+    pub specs: BTreeMap<u64, NodeSpec>,
+    procs: BTreeMap<u64, Child>,
+    binary: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Writes genesis, keys and configs for `n` nodes (node 1 bootstraps) and starts them all.
+    pub fn start(binary: &Path, n: u64) -> Cluster {
+        let net = SampleNetwork::new().expect("sample network");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("genesis.pb"), &net.genesis_bytes).expect("genesis");
+        let specs: BTreeMap<u64, NodeSpec> = (1..=n)
+            .map(|id| {
+                let spec = NodeSpec {
+                    id,
+                    raft: format!("127.0.0.1:{}", free_port()),
+                    api: format!("127.0.0.1:{}", free_port()),
+                    config: dir.path().join(format!("node{id}.toml")),
+                    data_dir: dir.path().join(format!("data{id}")),
+                };
+                (id, spec)
+            })
+            .collect();
+        for spec in specs.values() {
+            let (_, key) = &net.witnesses[(spec.id - 1) as usize];
+            let key_path = dir.path().join(format!("node{}.key", spec.id));
+            std::fs::write(&key_path, format_secret_key_file(key, "test witness key"))
+                .expect("key");
+            let mut text = format!(
+                "id = {}\ndata_dir = {:?}\ngenesis = \"genesis.pb\"\nwitness_key = {:?}\nbootstrap = {}\n\n[listen]\nraft = {:?}\napi = {:?}\n\n",
+                spec.id,
+                spec.data_dir,
+                key_path,
+                spec.id == 1,
+                spec.raft,
+                spec.api
+            );
+            for peer in specs.values().filter(|p| p.id != spec.id) {
+                text.push_str(&format!(
+                    "[[peers]]\nid = {}\nraft = {:?}\napi = {:?}\n\n",
+                    peer.id, peer.raft, peer.api
+                ));
+            }
+            text.push_str("[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_every = 50\nkeep_logs_after_snapshot = 10\n");
+            std::fs::write(&spec.config, text).expect("config");
+        }
+        let mut cluster = Cluster {
+            net,
+            specs,
+            procs: BTreeMap::new(),
+            binary: binary.to_owned(),
+            _dir: dir,
+        };
+        let ids: Vec<u64> = cluster.specs.keys().copied().collect();
+        for id in ids {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `id`.
+    pub fn start_node(&mut self, id: u64) {
+        let spec = &self.specs[&id];
+        let log = std::fs::File::create(
+            spec.data_dir
+                .with_extension(format!("log{}", self.procs.len())),
+        )
+        .expect("log file");
+        let child = Command::new(&self.binary)
+            .args(["node", "--config"])
+            .arg(&spec.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn wasteledger node");
+        self.procs.insert(id, child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded); returns the exit status code.
+    pub fn stop(&mut self, id: u64) -> Option<i32> {
+        let mut child = self.procs.remove(&id)?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Waits for node `id`'s process to exit by itself (bounded); returns its exit code.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.procs.get_mut(&id)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.procs.remove(&id);
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The log written by node `id`'s processes so far.
+    pub fn logs(&self, id: u64) -> String {
+        let spec = &self.specs[&id];
+        let mut out = String::new();
+        for i in 0..16 {
+            if let Ok(text) =
+                std::fs::read_to_string(spec.data_dir.with_extension(format!("log{i}")))
+            {
+                out.push_str(&text);
+            }
+        }
+        out
+    }
+
+    /// A client of node `id`'s API.
+    pub async fn client(&self, id: u64) -> Option<LedgerServiceClient<tonic::transport::Channel>> {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.specs[&id].api))
+                .ok()?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(10));
+        endpoint.connect().await.ok().map(LedgerServiceClient::new)
+    }
+
+    /// Node `id`'s ledger head, if it answers.
+    pub async fn head(&self, id: u64) -> Option<pb::LedgerHead> {
+        let mut c = self.client(id).await?;
+        c.get_ledger_head(pb::GetLedgerHeadRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Submits an event to node `id`, retrying while the cluster has no leader (bounded).
+    pub async fn submit(
+        &self,
+        id: u64,
+        event: &pb::SignedEvent,
+        timeout: Duration,
+    ) -> Result<pb::Receipt, tonic::Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = match self.client(id).await {
+                Some(mut c) => c.submit(event.clone()).await.map(|r| r.into_inner()),
+                None => Err(tonic::Status::unavailable("node not reachable")),
+            };
+            match result {
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until every listed node reports the same non-zero ledger size (at least
+    /// `min_size`) and root; returns that head.
+    pub async fn converged(
+        &self,
+        ids: &[u64],
+        min_size: u64,
+        timeout: Duration,
+    ) -> Option<pb::LedgerHead> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut heads = Vec::new();
+            for id in ids {
+                heads.push(self.head(*id).await);
+            }
+            if let Some(Some(first)) = heads.first() {
+                let same = heads.iter().all(|h| {
+                    h.as_ref().is_some_and(|h| {
+                        h.size == first.size && h.root == first.root && h.map_root == first.map_root
+                    })
+                });
+                if same && first.size >= min_size {
+                    return Some(first.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.procs) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
