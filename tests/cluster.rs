@@ -308,3 +308,83 @@ async fn no_commit_without_quorum_and_tampered_node_refuses_to_serve() {
     );
     assert!(head.size >= 7);
 }
+
+/// Throughput and commit latency through a 3-node cluster, fsync on. A measurement, not an
+/// assertion: run with
+/// `cargo test --release -p wasteledger --test cluster -- --ignored --nocapture load_figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run by hand in release"]
+async fn load_figures() {
+    let cluster = std::sync::Arc::new(Cluster::start(Path::new(BIN), 3));
+    register_parties(&cluster, &[1]).await;
+    let leader = cluster.head(1).await.expect("head").leader_id;
+    let mut serial = 100u32;
+    for writers in [1usize, 16, 64] {
+        let per_writer = if writers == 1 { 300 } else { 3000 / writers };
+        let mut batches = Vec::new();
+        for _ in 0..writers {
+            let mut events = Vec::new();
+            for _ in 0..per_writer {
+                serial += 1;
+                events.push(create_event(&cluster, serial).1);
+            }
+            batches.push(events);
+        }
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for events in batches {
+            let cluster = cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = cluster.client(leader).await.expect("client");
+                let mut latencies = Vec::with_capacity(events.len());
+                for event in events {
+                    let t = std::time::Instant::now();
+                    client.submit(event).await.expect("accepted");
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("writer"));
+        }
+        let elapsed = started.elapsed();
+        all.sort();
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        println!(
+            "writers={writers:>3} events={:>5} committed/s={:>7.0} p50={:?} p99={:?}",
+            all.len(),
+            all.len() as f64 / elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+    let head = cluster.converged(&[1, 2, 3], 1, LONG).await.expect("agree");
+    println!(
+        "final size {} — all three nodes agree on the root",
+        head.size
+    );
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(BIN)
+        .args(["demo", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("VERIFIED"), "{stdout}");
+    assert!(
+        stdout.contains("FAILS"),
+        "the tampered copy must be caught:\n{stdout}"
+    );
+    assert!(stdout.contains("on all three nodes"), "{stdout}");
+}

@@ -233,6 +233,13 @@ impl Node {
     pub async fn submit(&self, event: Vec<u8>) -> Result<LedgerResponse, WriteError> {
         let signed = pb::SignedEvent::decode(event.as_slice())
             .map_err(|e| WriteError::Malformed(e.to_string()))?;
+        // Only the leader pre-checks: a follower's state may lag behind what was acknowledged,
+        // so its verdict could be stale. Followers hand the write to the leader.
+        let view = self.cluster_view();
+        if view.leader != Some(view.id) {
+            let leader = view.leader.zip(self.leader_addr());
+            return Err(WriteError::NotLeader { leader });
+        }
         let sequenced_at = now_ms();
         let precheck = self
             .state_machine
@@ -284,6 +291,53 @@ impl Node {
         }
     }
 
+    /// Adds a learner and waits until it has caught up (by log or by snapshot). Leader only.
+    pub async fn add_learner(&self, id: u64, addr: NodeAddr) -> Result<(), NodeError> {
+        self.raft
+            .add_learner(id, addr, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Builds a snapshot of the applied state now and purges the log it covers (keeping the
+    /// configured tail), waiting for both (bounded by `timeout`).
+    pub async fn snapshot_and_purge(&self, timeout: Duration) -> Result<u64, NodeError> {
+        let raft_err = |e: String| NodeError::Raft(e);
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .ok_or_else(|| raft_err("nothing applied yet".into()))?;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| raft_err(e.to_string()))?;
+        let at_least =
+            |id: Option<crate::types::LogId>| id.is_some_and(|s| s.index >= applied.index);
+        let snapshot = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| at_least(m.snapshot), "snapshot built")
+            .await
+            .map_err(|e| raft_err(e.to_string()))?
+            .snapshot
+            .ok_or_else(|| raft_err("no snapshot".into()))?;
+        self.raft
+            .trigger()
+            .purge_log(snapshot.index)
+            .await
+            .map_err(|e| raft_err(e.to_string()))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| at_least(m.purged), "log purged")
+            .await
+            .map_err(|e| raft_err(e.to_string()))?;
+        Ok(snapshot.index)
+    }
+
     /// The node's database (for node-local state such as the witness's).
     pub fn db(&self) -> &DurableDb {
         &self.db
@@ -299,9 +353,21 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
+    /// This node's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        *self.raft.node_id()
+    }
+
     /// The current leader, if known.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The leader's address record, if known.
+    fn leader_addr(&self) -> Option<NodeAddr> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
     }
 
     /// What this node knows of the cluster (copied out at once: holding openraft's metrics

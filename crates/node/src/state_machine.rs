@@ -38,6 +38,12 @@ use crate::types::{
 const LEDGER_TREE: &str = "ledger";
 const LAST_APPLIED: &[u8] = b"raft/last_applied";
 const MEMBERSHIP: &[u8] = b"raft/membership";
+
+/// Where the refusal of the event at a Raft log index is recorded (`code\nmessage`),
+/// identically on every node.
+pub fn rejection_key(raft_index: u64) -> Vec<u8> {
+    [b"raft/rejection/".as_slice(), &raft_index.to_be_bytes()].concat()
+}
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WLSNAP01";
 const END_OF_RECORDS: u32 = u32::MAX;
 
@@ -155,9 +161,10 @@ impl LedgerStateMachine {
                         });
                     }
                 };
+                let rejection_key = rejection_key(log_id.index);
                 match inner
                     .store
-                    .apply(&signed, sequenced_at, &meta)
+                    .apply_recording(&signed, sequenced_at, &meta, Some(&rejection_key))
                     .map_err(io_err)?
                 {
                     Ok(receipt) => Ok(LedgerResponse::Accepted {

@@ -22,6 +22,7 @@ pub mod service {
     tonic::include_proto!("wasteledger.v1");
 }
 
+pub mod demo;
 pub mod runtime;
 
 pub use service::ledger_service_client::LedgerServiceClient;

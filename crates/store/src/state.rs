@@ -371,11 +371,30 @@ impl LedgerStore {
         sequenced_at: i64,
         meta: &[(&[u8], Vec<u8>)],
     ) -> Result<ApplyOutcome, StoreError> {
+        self.apply_recording(signed, sequenced_at, meta, None)
+    }
+
+    /// [`LedgerStore::apply`], and on a rejection also record `code\nmessage` under the caller
+    /// key `rejection_key`, in the same batch as `meta`, so every node keeps the same record of
+    /// what was refused and why.
+    pub fn apply_recording(
+        &mut self,
+        signed: &pb::SignedEvent,
+        sequenced_at: i64,
+        meta: &[(&[u8], Vec<u8>)],
+        rejection_key: Option<&[u8]>,
+    ) -> Result<ApplyOutcome, StoreError> {
         let sequenced_at = sequenced_at.max(self.last_sequenced_at);
         let decision = match evaluate(&self.genesis, self, signed, sequenced_at) {
             Ok(d) => d,
             Err(rejection) => {
-                self.put_meta(meta)?;
+                let record;
+                let mut all: Vec<(&[u8], Vec<u8>)> = meta.to_vec();
+                if let Some(k) = rejection_key {
+                    record = format!("{}\n{}", rejection.code(), rejection).into_bytes();
+                    all.push((k, record));
+                }
+                self.put_meta(&all)?;
                 return Ok(Err(rejection));
             }
         };
@@ -520,6 +539,17 @@ impl LedgerStore {
         }
         self.tree.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// A recorded rejection: `(code, message)`.
+    pub fn rejection(&self, rejection_key: &[u8]) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self.get_meta(rejection_key)?.map(|v| {
+            let text = String::from_utf8_lossy(&v).into_owned();
+            match text.split_once('\n') {
+                Some((code, message)) => (code.to_owned(), message.to_owned()),
+                None => (text, String::new()),
+            }
+        }))
     }
 
     /// Reads caller metadata.

@@ -75,13 +75,24 @@ fn sled_state_matches_the_reference_ledger() {
     let mut reference = MemoryLedger::new(net.genesis.clone());
     for (i, (event, time)) in events(&net).iter().enumerate() {
         let meta_key = b"raft_last_applied";
+        let rejection_key = format!("rejection/{i}");
         let got = store
-            .apply(
+            .apply_recording(
                 event,
                 *time,
                 &[(meta_key.as_slice(), (i as u64).to_be_bytes().to_vec())],
+                Some(rejection_key.as_bytes()),
             )
             .unwrap();
+        let recorded = store
+            .rejection(rejection_key.as_bytes())
+            .unwrap()
+            .map(|(code, _)| code);
+        assert_eq!(
+            recorded,
+            got.as_ref().err().map(|r| r.code().to_owned()),
+            "event {i}"
+        );
         let want = reference.submit(event, *time);
         assert_eq!(got, want, "event {i}");
         assert_eq!(
