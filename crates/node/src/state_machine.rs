@@ -408,6 +408,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     .record_integrity_checkpoint(size, &root)
                     .map_err(io_err)?;
             }
+            inner.store.commit().map_err(io_err)?;
             let path = write_snapshot(&this.snapshot_dir, &meta, inner.store.export())?;
             remove_other_snapshots(&this.snapshot_dir, &path);
             inner.current_snapshot = Some((meta.clone(), path.clone()));
@@ -444,10 +445,14 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 response
             };
             // Every entry with a responder must be answered, or client_write waits forever.
+            // Answering before the state reaches disk is safe: the entry is committed in the
+            // Raft log, and a restart re-applies it to the same result.
             if let Some(r) = responder {
                 r.send(response);
             }
         }
+        // One sled batch for the whole group: see LedgerStore::commit.
+        self.lock()?.store.commit().map_err(io_err)?;
         Ok(())
     }
 
@@ -480,6 +485,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             store
                 .put_meta(&[(LAST_APPLIED, applied), (MEMBERSHIP, membership)])
                 .map_err(io_err)?;
+            store.commit().map_err(io_err)?;
             this.db.sync()?;
             // Keep the installed file as our current snapshot (under our naming scheme).
             let kept = this.snapshot_dir.join(match &meta.last_log_id {

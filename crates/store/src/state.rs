@@ -111,15 +111,18 @@ fn decode_map_node(bytes: &[u8]) -> Result<Option<MapNode>, StoreError> {
     }
 }
 
-/// Writes made while applying one entry, not yet in sled. Reads consult them first, so the
-/// Merkle tree and the map see their own writes before the batch is applied.
-type Overlay = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
+/// Writes staged since the last [`LedgerStore::commit`], not yet in sled (`None` = delete).
+/// Every read consults them first, so each entry sees the writes of the entries before it.
+/// They are committed as ONE sled batch per group of applied entries: sled batches take a
+/// process-wide write lock that waits for any flush in progress, so one batch per entry would
+/// serialise applying behind the Raft log's fsyncs.
+type Overlay = Arc<Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>;
 
 fn overlay_get(tree: &sled::Tree, overlay: &Overlay, key: &[u8]) -> Option<Vec<u8>> {
     if let Ok(o) = overlay.lock()
         && let Some(v) = o.get(key)
     {
-        return Some(v.clone());
+        return v.clone();
     }
     // A read error surfaces as a missing node, which the Merkle and map code report as
     // corruption (MissingNode / CorruptStore) rather than returning a wrong proof.
@@ -128,7 +131,7 @@ fn overlay_get(tree: &sled::Tree, overlay: &Overlay, key: &[u8]) -> Option<Vec<u
 
 fn overlay_put(overlay: &Overlay, key: Vec<u8>, value: Vec<u8>) {
     if let Ok(mut o) = overlay.lock() {
-        o.insert(key, value);
+        o.insert(key, Some(value));
     }
 }
 
@@ -166,7 +169,7 @@ impl MapNodeStore for SledMapNodes {
         let from_overlay = self.overlay.lock().ok().and_then(|o| {
             o.range(lower.clone()..=upper.clone())
                 .next_back()
-                .map(|(_, v)| v.clone())
+                .and_then(|(_, v)| v.clone())
         });
         let bytes = from_overlay.or_else(|| {
             self.tree
@@ -405,7 +408,6 @@ impl LedgerStore {
         let leaf = leaf_hash(&bytes);
         let chain_next = chain_link(&self.chain_head, &leaf);
 
-        let mut batch = sled::Batch::default();
         let old_state = self.subject_bytes(&decision.event.subject)?;
         self.merkle.append_leaf_hash(leaf);
         if let Err(e) = self.map.insert(
@@ -413,27 +415,23 @@ impl LedgerStore {
             decision.state.head(),
             index + 1,
         ) {
-            self.discard_overlay();
+            // The in-memory tree is now ahead of the store: the caller must stop and reopen.
             return Err(StoreError::Inconsistent(e.to_string()));
         }
-        self.drain_overlay_into(&mut batch);
-        batch.insert(key(ENTRY, &index.to_be_bytes()), bytes);
-        batch.insert(
+        self.stage(key(ENTRY, &index.to_be_bytes()), bytes);
+        self.stage(
             key(EVENT, decision.event.hash.as_bytes()),
             index.to_be_bytes().to_vec(),
         );
-        batch.insert(key(STATE, CHAIN_HEAD), chain_next.0.to_vec());
-        batch.insert(
+        self.stage(key(STATE, CHAIN_HEAD), chain_next.0.to_vec());
+        self.stage(
             key(STATE, LAST_SEQUENCED),
             (sequenced_at as u64).to_be_bytes().to_vec(),
         );
-        self.write_subject(&mut batch, &decision, old_state.as_deref())?;
+        self.write_subject(&decision, old_state.as_deref())?;
+
         for (k, v) in meta {
-            batch.insert(key(USER, k), v.clone());
-        }
-        if let Err(e) = self.tree.apply_batch(batch) {
-            // The in-memory tree is now ahead of disk; the caller must stop and reopen.
-            return Err(e.into());
+            self.stage(key(USER, k), v.clone());
         }
         self.chain_head = chain_next;
         self.last_sequenced_at = sequenced_at;
@@ -445,18 +443,52 @@ impl LedgerStore {
         }))
     }
 
-    fn discard_overlay(&self) {
+    fn stage(&self, k: Vec<u8>, v: Vec<u8>) {
+        overlay_put(&self.overlay, k, v);
+    }
+
+    fn unstage(&self, k: Vec<u8>) {
         if let Ok(mut o) = self.overlay.lock() {
-            o.clear();
+            o.insert(k, None);
         }
     }
 
-    fn drain_overlay_into(&self, batch: &mut sled::Batch) {
-        if let Ok(mut o) = self.overlay.lock() {
-            for (k, v) in std::mem::take(&mut *o) {
-                batch.insert(k, v);
+    /// A point read that sees staged writes.
+    fn read(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Ok(o) = self.overlay.lock()
+            && let Some(v) = o.get(k)
+        {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes every staged change in one atomic sled batch. The state machine calls it once per
+    /// group of applied entries (and before snapshots); until then the changes are visible to
+    /// this store's reads but not on disk, which is safe because the Raft log, not the state,
+    /// is what survives a crash: entries after the last committed last-applied are re-applied.
+    /// An error leaves memory ahead of disk: the caller must stop and reopen.
+    pub fn commit(&self) -> Result<(), StoreError> {
+        let staged = match self.overlay.lock() {
+            Ok(mut o) => std::mem::take(&mut *o),
+            Err(_) => {
+                return Err(StoreError::Inconsistent(
+                    "staged writes lock poisoned".into(),
+                ));
+            }
+        };
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in staged {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
             }
         }
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     fn subject_bytes(&self, subject: &Subject) -> Result<Option<Vec<u8>>, StoreError> {
@@ -464,19 +496,14 @@ impl LedgerStore {
             Subject::Manifest(t) => key(MANIFEST, t.to_string().as_bytes()),
             Subject::Party(id) => key(PARTY, id.as_bytes()),
         };
-        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+        self.read(&k)
     }
 
-    fn write_subject(
-        &self,
-        batch: &mut sled::Batch,
-        decision: &Decision,
-        old: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
+    fn write_subject(&self, decision: &Decision, old: Option<&[u8]>) -> Result<(), StoreError> {
         match &decision.state {
             SubjectState::Manifest(m) => {
                 let tracking = m.tracking.to_string();
-                batch.insert(
+                self.stage(
                     key(MANIFEST, tracking.as_bytes()),
                     m.to_pb().encode_to_vec(),
                 );
@@ -495,29 +522,29 @@ impl LedgerStore {
                 };
                 if old_status != Some(m.status.name()) {
                     if let Some(previous) = old_status {
-                        batch.remove(index_key(b's', previous, &tracking));
+                        self.unstage(index_key(b's', previous, &tracking));
                     }
-                    batch.insert(index_key(b's', m.status.name(), &tracking), Vec::new());
+                    self.stage(index_key(b's', m.status.name(), &tracking), Vec::new());
                 }
                 if old.is_none() {
                     for party in m.named_parties() {
-                        batch.insert(index_key(b'p', &party, &tracking), Vec::new());
+                        self.stage(index_key(b'p', &party, &tracking), Vec::new());
                     }
                     for line in &m.manifest.lines {
                         for code in &line.codes {
                             let value = format!("{}:{}", code.system, code.code);
-                            batch.insert(index_key(b'c', &value, &tracking), Vec::new());
+                            self.stage(index_key(b'c', &value, &tracking), Vec::new());
                         }
                     }
                 }
             }
             SubjectState::Party(p) => {
-                batch.insert(
+                self.stage(
                     key(PARTY, p.party.registry_id.as_bytes()),
                     p.to_pb().encode_to_vec(),
                 );
                 for k in &p.keys {
-                    batch.insert(
+                    self.stage(
                         key(KEY_OWNER, k.key_id.as_bytes()),
                         p.party.registry_id.as_bytes().to_vec(),
                     );
@@ -527,17 +554,12 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// Writes caller metadata on its own (e.g. Raft membership, or last-applied after a
-    /// rejected or non-ledger entry).
+    /// Stages caller metadata (e.g. Raft membership, or last-applied after a rejected or
+    /// non-ledger entry); it reaches disk with the next [`LedgerStore::commit`].
     pub fn put_meta(&self, meta: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
-        if meta.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
         for (k, v) in meta {
-            batch.insert(key(USER, k), v.clone());
+            self.stage(key(USER, k), v.clone());
         }
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -554,7 +576,7 @@ impl LedgerStore {
 
     /// Reads caller metadata.
     pub fn get_meta(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key(USER, k))?.map(|v| v.to_vec()))
+        self.read(&key(USER, k))
     }
 
     /// Tracking numbers indexed under `kind` (`b'p'` party, `b'c'` waste code
@@ -632,6 +654,8 @@ impl LedgerStore {
         signature: &NoteSignature,
         meta: &[(&[u8], Vec<u8>)],
     ) -> Result<CosignOutcome, StoreError> {
+        // Earlier entries' staged writes go first, so this batch's last-applied is the newest.
+        self.commit()?;
         let refuse = |reason: String| -> Result<CosignOutcome, StoreError> {
             self.put_meta(meta)?;
             Ok(CosignOutcome::Refused(reason))
@@ -708,7 +732,7 @@ impl LedgerStore {
     }
 
     fn published_size(&self) -> Result<Option<u64>, StoreError> {
-        match self.tree.get(key(STATE, PUBLISHED))? {
+        match self.read(&key(STATE, PUBLISHED))? {
             Some(v) => Ok(Some(read_u64(&v, "published checkpoint size")?)),
             None => Ok(None),
         }
@@ -740,6 +764,12 @@ impl LedgerStore {
     /// at the recorded checkpoint, and names the first damaged index. Runs at start-up: a node
     /// that fails it must not serve.
     pub fn verify_integrity(&self) -> Result<(), IntegrityError> {
+        // Checks what is on disk; staged writes are committed first.
+        if self.commit().is_err() {
+            return Err(IntegrityError::MissingEntry {
+                index: self.merkle.size(),
+            });
+        }
         let size = self.merkle.size();
         let mut chain = self.genesis.ledger_id;
         for index in 0..size {
@@ -830,24 +860,23 @@ impl LedgerView for LedgerStore {
 
     fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
         let bytes = self
-            .tree
-            .get(key(MANIFEST, tracking.to_string().as_bytes()))
+            .read(&key(MANIFEST, tracking.to_string().as_bytes()))
             .ok()??;
         ManifestState::from_pb(&pb::ManifestState::decode(bytes.as_ref()).ok()?).ok()
     }
 
     fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
-        let bytes = self.tree.get(key(PARTY, registry_id.as_bytes())).ok()??;
+        let bytes = self.read(&key(PARTY, registry_id.as_bytes())).ok()??;
         PartyRecord::from_pb(&pb::PartyState::decode(bytes.as_ref()).ok()?).ok()
     }
 
     fn key_owner(&self, key_id: &Digest) -> Option<String> {
-        let bytes = self.tree.get(key(KEY_OWNER, key_id.as_bytes())).ok()??;
+        let bytes = self.read(&key(KEY_OWNER, key_id.as_bytes())).ok()??;
         String::from_utf8(bytes.to_vec()).ok()
     }
 
     fn event_index(&self, event_hash: &Digest) -> Option<u64> {
-        let bytes = self.tree.get(key(EVENT, event_hash.as_bytes())).ok()??;
+        let bytes = self.read(&key(EVENT, event_hash.as_bytes())).ok()??;
         read_u64(&bytes, "event index").ok()
     }
 }
@@ -858,10 +887,7 @@ impl ProofSource for LedgerStore {
     }
 
     fn entry(&self, index: u64) -> Option<Vec<u8>> {
-        self.tree
-            .get(key(ENTRY, &index.to_be_bytes()))
-            .ok()?
-            .map(|v| v.to_vec())
+        self.read(&key(ENTRY, &index.to_be_bytes())).ok()?
     }
 
     fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Digest>> {

@@ -100,6 +100,7 @@ fn sled_state_matches_the_reference_ledger() {
             Some((i as u64).to_be_bytes().to_vec())
         );
     }
+    store.commit().unwrap();
     assert_eq!(store.size(), reference.size());
     assert_eq!(store.roots().0, reference.tree().root());
     assert_eq!(store.roots().1, reference.map().root());
@@ -155,6 +156,7 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
         for (event, time) in events(&net) {
             store.apply(&event, time, &[]).unwrap().ok();
         }
+        store.commit().unwrap();
         store
             .record_integrity_checkpoint(store.size(), &store.roots().0)
             .unwrap();
@@ -176,4 +178,45 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
     let err = store.verify_integrity().unwrap_err();
     assert_eq!(err, IntegrityError::LeafMismatch { index: 8 });
     assert_eq!(err.first_bad_index(), Some(8));
+}
+
+#[test]
+fn applying_after_a_reopen_continues_the_same_ledger() {
+    let net = SampleNetwork::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let all = events(&net);
+    let mut reference = MemoryLedger::new(net.genesis.clone());
+    for (event, time) in &all {
+        let _ = reference.submit(event, *time);
+    }
+    for split in [3usize, 7, 9] {
+        let path = dir.path().join(format!("db{split}"));
+        {
+            let db = sled::open(&path).unwrap();
+            let mut store =
+                LedgerStore::open(db.open_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
+            for (event, time) in &all[..split] {
+                let _ = store.apply(event, *time, &[]).unwrap();
+            }
+            store.commit().unwrap();
+            db.flush().unwrap();
+        }
+        let db = sled::open(&path).unwrap();
+        let mut store =
+            LedgerStore::open(db.open_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
+        for (event, time) in &all[split..] {
+            let _ = store.apply(event, *time, &[]).unwrap();
+        }
+        store.commit().unwrap();
+        assert_eq!(
+            store.roots(),
+            (reference.tree().root(), reference.map().root()),
+            "split at {split}"
+        );
+        assert_eq!(
+            store.chain_head(),
+            reference.chain_head(),
+            "split at {split}"
+        );
+    }
 }
