@@ -4,7 +4,8 @@
 //! Every node runs [`wasteledger_store::state::LedgerStore::apply`] — which runs the core's
 //! deterministic decision function — on every committed entry, so all nodes reach the same
 //! verdicts, roots and rejections. The Raft last-applied id and membership are written in the
-//! same sled batch as the entry they follow, so a crash never separates them.
+//! same sled batch as the entries they follow (one batch per applied group), so a crash never
+//! separates them.
 //!
 //! Snapshot file layout (all integers big-endian):
 //! `"WLSNAP01"` ‖ u32 meta length ‖ meta (`types::encode` of the openraft snapshot meta) ‖

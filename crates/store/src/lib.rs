@@ -10,7 +10,7 @@
 //! - [`log`]: [`LogStore`], the raw Raft log (entries, vote, committed, purge point) as opaque
 //!   bytes.
 //! - [`state`]: [`state::LedgerStore`], the ledger state machine's data (entries, Merkle and
-//!   map nodes, subject states, indexes), one atomic batch per applied entry, with the startup
+//!   map nodes, subject states, indexes), one atomic batch per applied group of entries, with the startup
 //!   integrity check.
 //! - [`error`]: [`StoreError`], the one error type.
 

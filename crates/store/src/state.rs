@@ -2,9 +2,10 @@
 //! folded subject states, secondary indexes and node metadata.
 //!
 //! Everything lives in ONE sled tree under one-byte key prefixes, because sled batches are
-//! atomic only within a tree: each applied entry becomes one batch holding the leaf, the new
-//! tree and map nodes, the subject's new state, its index keys and the caller's metadata (the
-//! Raft "last applied"), so a crash leaves the state at an entry boundary, never in between.
+//! atomic only within a tree. Applying an entry stages the leaf, the new tree and map nodes, the
+//! subject's new state, its index keys and the caller's metadata (the Raft "last applied");
+//! [`LedgerStore::commit`] writes everything staged as one batch, so a crash leaves the state at
+//! a committed boundary, never in between.
 //!
 //! | prefix | key | value |
 //! |---|---|---|
