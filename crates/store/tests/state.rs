@@ -9,6 +9,7 @@ use wasteledger_core::memory::MemoryLedger;
 use wasteledger_core::pb::{self, event_body::Kind};
 use wasteledger_core::proof::{build_custody_proof, verify_custody_proof};
 use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
+use wasteledger_store::DurableDb;
 use wasteledger_store::state::{IntegrityError, LedgerStore};
 
 /// Signed events of a full multimodal lifecycle plus a rejected duplicate, with ledger times.
@@ -60,9 +61,9 @@ fn events(net: &SampleNetwork) -> Vec<(pb::SignedEvent, i64)> {
     out
 }
 
-fn temp_db() -> (tempfile::TempDir, sled::Db) {
+fn temp_db() -> (tempfile::TempDir, DurableDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path().join("db")).unwrap();
+    let db = DurableDb::open(dir.path().join("db")).unwrap();
     (dir, db)
 }
 
@@ -70,8 +71,7 @@ fn temp_db() -> (tempfile::TempDir, sled::Db) {
 fn sled_state_matches_the_reference_ledger() {
     let net = SampleNetwork::new().unwrap();
     let (_dir, db) = temp_db();
-    let mut store =
-        LedgerStore::open(db.open_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
+    let mut store = LedgerStore::open(db.raw_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
     let mut reference = MemoryLedger::new(net.genesis.clone());
     for (i, (event, time)) in events(&net).iter().enumerate() {
         let meta_key = b"raft_last_applied";
@@ -150,9 +150,9 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
     let net = SampleNetwork::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (root, size) = {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = DurableDb::open(dir.path().join("db")).unwrap();
         let mut store =
-            LedgerStore::open(db.open_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
+            LedgerStore::open(db.raw_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
         for (event, time) in events(&net) {
             store.apply(&event, time, &[]).unwrap().ok();
         }
@@ -160,11 +160,11 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
         store
             .record_integrity_checkpoint(store.size(), &store.roots().0)
             .unwrap();
-        db.flush().unwrap();
+        db.sync().unwrap();
         (store.roots(), store.size())
     };
-    let db = sled::open(dir.path().join("db")).unwrap();
-    let tree = db.open_tree("ledger").unwrap();
+    let db = DurableDb::open(dir.path().join("db")).unwrap();
+    let tree = db.raw_tree("ledger").unwrap();
     let store = LedgerStore::open(tree.clone(), net.genesis.clone()).unwrap();
     assert_eq!((store.roots(), store.size()), (root, size));
     store.verify_integrity().unwrap();
@@ -192,18 +192,18 @@ fn applying_after_a_reopen_continues_the_same_ledger() {
     for split in [3usize, 7, 9] {
         let path = dir.path().join(format!("db{split}"));
         {
-            let db = sled::open(&path).unwrap();
+            let db = DurableDb::open(&path).unwrap();
             let mut store =
-                LedgerStore::open(db.open_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
+                LedgerStore::open(db.raw_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
             for (event, time) in &all[..split] {
                 let _ = store.apply(event, *time, &[]).unwrap();
             }
             store.commit().unwrap();
-            db.flush().unwrap();
+            db.sync().unwrap();
         }
-        let db = sled::open(&path).unwrap();
+        let db = DurableDb::open(&path).unwrap();
         let mut store =
-            LedgerStore::open(db.open_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
+            LedgerStore::open(db.raw_tree("ledger").unwrap(), net.genesis.clone()).unwrap();
         for (event, time) in &all[split..] {
             let _ = store.apply(event, *time, &[]).unwrap();
         }
