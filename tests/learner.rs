@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tokio::net::TcpListener;
 use wasteledger_core::pb::{self, event_body::Kind};
 use wasteledger_core::sample::{ManifestFlow, SampleNetwork, T0, ids};
@@ -64,7 +63,7 @@ async fn learner_after_purge_catches_up_by_snapshot_to_the_same_root() {
         loop {
             let leader = nodes.iter().find(|n| n.leader() == Some(n.raft_id()));
             let result = match leader {
-                Some(l) => l.submit(event.encode_to_vec()).await.ok(),
+                Some(l) => l.submit(event.clone()).await.ok(),
                 None => None,
             };
             if let Some(LedgerResponse::Accepted { .. }) = result {

@@ -12,6 +12,23 @@ use crate::pb::{self, event_body::Kind, subject::Subject as PbSubject};
 use crate::signing::{SignatureError, SigningDomain, SigningKey, key_id, sign, verify};
 use crate::tracking::Tracking;
 
+/// A body for an event on the chain of `subject`.
+pub fn event_body(
+    subject: PbSubject,
+    prev_event_hash: Digest,
+    occurred_at: i64,
+    kind: Kind,
+) -> pb::EventBody {
+    pb::EventBody {
+        subject: Some(pb::Subject {
+            subject: Some(subject),
+        }),
+        prev_event_hash: prev_event_hash.0.to_vec(),
+        occurred_at,
+        kind: Some(kind),
+    }
+}
+
 /// A body for an event on a manifest's chain.
 pub fn manifest_body(
     tracking: &Tracking,
@@ -19,14 +36,12 @@ pub fn manifest_body(
     occurred_at: i64,
     kind: Kind,
 ) -> pb::EventBody {
-    pb::EventBody {
-        subject: Some(pb::Subject {
-            subject: Some(PbSubject::Manifest(tracking.to_pb())),
-        }),
-        prev_event_hash: prev_event_hash.0.to_vec(),
+    event_body(
+        PbSubject::Manifest(tracking.to_pb()),
+        prev_event_hash,
         occurred_at,
-        kind: Some(kind),
-    }
+        kind,
+    )
 }
 
 /// A body for an event on a party's registry chain.
@@ -36,14 +51,12 @@ pub fn party_body(
     occurred_at: i64,
     kind: Kind,
 ) -> pb::EventBody {
-    pb::EventBody {
-        subject: Some(pb::Subject {
-            subject: Some(PbSubject::Party(registry_id.to_owned())),
-        }),
-        prev_event_hash: prev_event_hash.0.to_vec(),
+    event_body(
+        PbSubject::Party(registry_id.to_owned()),
+        prev_event_hash,
         occurred_at,
-        kind: Some(kind),
-    }
+        kind,
+    )
 }
 
 /// Encodes `body` once and signs the bytes with each key, in order.

@@ -94,9 +94,6 @@ pub enum WriteError {
         /// The leader's id and address, when known.
         leader: Option<(u64, NodeAddr)>,
     },
-    /// The body is malformed (fails before reaching Raft).
-    #[error("malformed event: {0}")]
-    Malformed(String),
     /// The leader's pre-check refused it; nothing was proposed.
     #[error("{code}: {message}")]
     Rejected {
@@ -227,17 +224,14 @@ impl Node {
         }
     }
 
-    /// Submits an encoded `SignedEvent` on the leader: stamps the ledger time, pre-checks it
-    /// (fail fast, nothing proposed on a refusal), proposes it, and returns the state machine's
-    /// answer after commit and apply.
-    pub async fn submit(&self, event: Vec<u8>) -> Result<LedgerResponse, WriteError> {
-        let signed = pb::SignedEvent::decode(event.as_slice())
-            .map_err(|e| WriteError::Malformed(e.to_string()))?;
+    /// Submits a `SignedEvent` on the leader: stamps the ledger time, pre-checks it (fail fast,
+    /// nothing proposed on a refusal), proposes it, and returns the state machine's answer after
+    /// commit and apply.
+    pub async fn submit(&self, signed: pb::SignedEvent) -> Result<LedgerResponse, WriteError> {
         // Only the leader pre-checks: a follower's state may lag behind what was acknowledged,
         // so its verdict could be stale. Followers hand the write to the leader.
-        let view = self.cluster_view();
-        if view.leader != Some(view.id) {
-            let leader = view.leader.zip(self.leader_addr());
+        if !self.raft.is_leader() {
+            let leader = self.leader().zip(self.leader_addr());
             return Err(WriteError::NotLeader { leader });
         }
         let sequenced_at = now_ms();
@@ -254,7 +248,7 @@ impl Node {
             });
         }
         self.propose(LedgerRequest::Submit {
-            event,
+            event: signed.encode_to_vec(),
             sequenced_at,
         })
         .await

@@ -135,8 +135,7 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
     ) -> Result<Response<pb::Receipt>, Status> {
         let forwarded = request.metadata().contains_key("wasteledger-forwarded");
         let event = request.into_inner();
-        let bytes = prost::Message::encode_to_vec(&event);
-        match self.node.submit(bytes).await {
+        match self.node.submit(event.clone()).await {
             Ok(LedgerResponse::Accepted {
                 index,
                 event_hash,
@@ -180,11 +179,6 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
                 }
                 Err(status(code_for_kind(&kind), &code, message))
             }
-            Err(WriteError::Malformed(m)) => Err(status(
-                tonic::Code::InvalidArgument,
-                "envelope.malformed",
-                m,
-            )),
             Err(WriteError::NotLeader {
                 leader: Some((_, addr)),
             }) if !forwarded => self.forward(&addr.api_addr, event).await,
