@@ -48,12 +48,13 @@ async fn manifest_on(cluster: &Cluster, node: u64, number: &str) -> Option<pb::M
             scheme: pb::TrackingScheme::Cn as i32,
             number: number.into(),
         }),
+        ..Default::default()
     };
     client
         .get_manifest(request)
         .await
         .ok()
-        .map(|r| r.into_inner())
+        .and_then(|r| r.into_inner().state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -378,6 +378,7 @@ pub async fn run(data_dir: PathBuf, out: &mut dyn Write) -> Result<(), DemoError
             .into(),
     );
     let request = pb::GetCustodyProofRequest {
+        consistency: 0,
         tracking_number: Some(pb::TrackingNumber {
             scheme: pb::TrackingScheme::Cn as i32,
             number: "20261502000001".into(),

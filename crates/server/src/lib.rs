@@ -97,6 +97,7 @@ impl LedgerApi {
                 .to_vec(),
             leaf_hash: wasteledger_core::entry::leaf_hash(&entry).0.to_vec(),
             tree_size: index + 1,
+            checkpoint: None,
         })
     }
 
@@ -146,6 +147,7 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
                 event_hash: event_hash.to_vec(),
                 leaf_hash: leaf_hash.to_vec(),
                 tree_size,
+                checkpoint: None,
             })),
             Ok(LedgerResponse::Rejected {
                 duplicate_of: Some(index),
@@ -199,6 +201,64 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
         }
     }
 
+    async fn submit_batch(
+        &self,
+        _request: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        Err(Status::unimplemented("SubmitBatch is not implemented yet"))
+    }
+
+    async fn list_manifests(
+        &self,
+        _request: Request<pb::ListManifestsRequest>,
+    ) -> Result<Response<pb::ListManifestsResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListManifests is not implemented yet",
+        ))
+    }
+
+    async fn get_party(
+        &self,
+        _request: Request<pb::GetPartyRequest>,
+    ) -> Result<Response<pb::PartyState>, Status> {
+        Err(Status::unimplemented("GetParty is not implemented yet"))
+    }
+
+    async fn list_parties(
+        &self,
+        _request: Request<pb::ListPartiesRequest>,
+    ) -> Result<Response<pb::ListPartiesResponse>, Status> {
+        Err(Status::unimplemented("ListParties is not implemented yet"))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        _request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        Err(Status::unimplemented(
+            "GetInclusionProof is not implemented yet",
+        ))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        _request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        Err(Status::unimplemented(
+            "GetConsistencyProof is not implemented yet",
+        ))
+    }
+
+    type WatchEventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LedgerEvent, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        _request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("WatchEvents is not implemented yet"))
+    }
+
     async fn get_ledger_head(
         &self,
         _request: Request<pb::GetLedgerHeadRequest>,
@@ -229,20 +289,27 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
     async fn get_manifest(
         &self,
         request: Request<pb::GetManifestRequest>,
-    ) -> Result<Response<pb::ManifestState>, Status> {
+    ) -> Result<Response<pb::GetManifestResponse>, Status> {
         let tracking = tracking(request.into_inner().tracking_number)?;
         let state = self
             .node
             .state_machine
             .with_store(|s| s.manifest(&tracking))
             .map_err(|e| Status::internal(e.to_string()))?;
-        state.map(|m| Response::new(m.to_pb())).ok_or_else(|| {
-            status(
-                tonic::Code::NotFound,
-                "query.unknown_manifest",
-                format!("manifest {tracking} not found"),
-            )
-        })
+        state
+            .map(|m| {
+                Response::new(pb::GetManifestResponse {
+                    state: Some(m.to_pb()),
+                    events: Vec::new(),
+                })
+            })
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::NotFound,
+                    "query.unknown_manifest",
+                    format!("manifest {tracking} not found"),
+                )
+            })
     }
 
     async fn get_checkpoint(
