@@ -155,6 +155,7 @@ async fn replicates_through_any_node_and_survives_a_full_restart() {
         loop {
             let mut c = cluster.client(node).await.expect("client");
             let request = pb::GetCustodyProofRequest {
+                consistency: 0,
                 tracking_number: Some(pb::TrackingNumber {
                     scheme: pb::TrackingScheme::Cn as i32,
                     number: "20261502000001".into(),
