@@ -150,8 +150,7 @@ fn status_of(m: &Metrics, max_quorum_silence: Duration) -> NodeStatus {
     } else if m.current_leader.is_none() {
         Health::NotServing("no leader known".into())
     } else if m.current_leader == Some(m.id)
-        && m
-            .last_quorum_acked
+        && m.last_quorum_acked
             .as_ref()
             .is_none_or(|t| t.elapsed() > max_quorum_silence)
     {
