@@ -64,8 +64,84 @@ pub fn prometheus() -> Result<PrometheusHandle, MetricsError> {
                 .map_err(|e| MetricsError(e.to_string()))?
                 .install_recorder()
                 .map_err(|e| MetricsError(e.to_string()))
+                .inspect(|_| describe())
         })
         .clone()
+}
+
+/// HELP lines for every series, so a scrape explains itself.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "wasteledger_commit_seconds",
+        Unit::Seconds,
+        "Submit/SubmitBatch arrival to acknowledgement (committed and applied), on the node that answered"
+    );
+    describe_histogram!(
+        "wasteledger_apply_seconds",
+        Unit::Seconds,
+        "Time to apply one group of committed entries to the ledger state"
+    );
+    describe_histogram!(
+        "wasteledger_fsync_seconds",
+        Unit::Seconds,
+        "One group commit of the store: flush plus fdatasync"
+    );
+    describe_counter!(
+        "wasteledger_events_accepted_total",
+        "Events this node applied as accepted ledger entries"
+    );
+    describe_counter!(
+        "wasteledger_events_rejected_total",
+        "Events refused, by reason code; stage=apply on every node, stage=precheck on the leader that refused before proposing"
+    );
+    describe_counter!(
+        "wasteledger_grpc_requests_total",
+        "gRPC calls answered, by method and status code"
+    );
+    describe_gauge!("wasteledger_raft_term", "Current Raft term");
+    describe_gauge!("wasteledger_raft_is_leader", "1 while this node leads");
+    describe_gauge!(
+        "wasteledger_raft_leader_id",
+        "Leader's node id, 0 when none is known"
+    );
+    describe_gauge!(
+        "wasteledger_raft_last_log_index",
+        "Last Raft log index on this node"
+    );
+    describe_gauge!(
+        "wasteledger_raft_committed",
+        "Highest Raft log index known committed"
+    );
+    describe_gauge!(
+        "wasteledger_raft_last_applied",
+        "Last Raft log index applied"
+    );
+    describe_gauge!(
+        "wasteledger_raft_replication_lag",
+        "Leader's last log index minus the follower's matched index; NaN when this node does not lead"
+    );
+    describe_gauge!(
+        "wasteledger_serving",
+        "1 while grpc.health.v1 reports SERVING (a leader with a quorum, not far behind)"
+    );
+    describe_gauge!(
+        "wasteledger_ledger_size",
+        "Entries in this node's applied ledger"
+    );
+    describe_gauge!(
+        "wasteledger_checkpoint_size",
+        "Size of the latest published checkpoint"
+    );
+    describe_gauge!(
+        "wasteledger_checkpoint_age_seconds",
+        Unit::Seconds,
+        "This node's clock minus the published checkpoint's ledger time"
+    );
+    describe_gauge!(
+        "wasteledger_checkpoint_entries_behind",
+        "Ledger entries not yet covered by the published checkpoint"
+    );
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until `stop` turns true.
