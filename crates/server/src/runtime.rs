@@ -208,7 +208,14 @@ pub async fn run_node(
     };
     let api = tonic::transport::Server::builder()
         .layer(request_id::RequestIdLayer)
-        .add_service(LedgerApi::new(node.clone()).into_service())
+        .layer(tower::util::MapResponseLayer::new(
+            crate::limits::rewrite_oversize::<tonic::body::Body>,
+        ))
+        .add_service(
+            LedgerApi::new(node.clone())
+                .with_shutdown(stop_rx.clone())
+                .into_service(),
+        )
         .add_service(ClusterApi::new(node.clone(), AdminAccess::AuthorityOnly).into_service())
         .add_service(health_service.clone())
         .add_service(reflection_v1.clone())
