@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -358,7 +360,7 @@ async fn health_reflection_metrics_and_admin_on_a_three_node_cluster() {
 async fn a_node_added_as_learner_becomes_a_voter() {
     // Nodes 1 and 2 found the cluster; node 3 runs but belongs to no cluster yet. (The sample
     // genesis names witnesses for nodes 1 to 3, so the newcomer is node 3.)
-    let cluster = Cluster::start_with_founders(Path::new(BIN), 3, 2);
+    let mut cluster = Cluster::start_with_founders(Path::new(BIN), 3, 2);
     let leader = leader(&cluster, 1).await;
     let follower = 3 - leader;
     for event in cluster.net.registrations() {
@@ -479,4 +481,75 @@ async fn a_node_added_as_learner_becomes_a_voter() {
     let seen_by_3 = cluster.status(3).await.expect("status");
     assert_eq!(seen_by_3.voters.len(), 3);
     assert_eq!(seen_by_3.leader_id, leader);
+
+    // Graceful stop with long-lived calls open on node 3: a health Watch (what load balancers
+    // hold) sees NOT_SERVING and then ends, a WatchEvents stream ends, and the drain finishes
+    // without cutting anything off.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.api))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut health_watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: LEDGER_SERVICE.into(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = health_watch.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut events = wasteledger_server::LedgerServiceClient::new(channel)
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .expect("event stream")
+        .into_inner();
+    for _ in 0..6 {
+        events
+            .message()
+            .await
+            .expect("event")
+            .expect("one of the six");
+    }
+    let stopper = std::thread::spawn(move || {
+        let code = cluster.stop(3);
+        (code, cluster)
+    });
+    // A stream the server finished ends with Ok(None) (health) or a status (events); one cut
+    // off with the process would end in a transport error instead.
+    let mut statuses = Vec::new();
+    let health_end = tokio::time::timeout(LONG, async {
+        loop {
+            match health_watch.message().await {
+                Ok(Some(update)) => statuses.push(update.status),
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the health watch ends at shutdown");
+    assert!(
+        health_end.is_ok(),
+        "health watch finished cleanly: {health_end:?}"
+    );
+    assert_eq!(statuses.last(), Some(&(ServingStatus::NotServing as i32)));
+    let events_end = tokio::time::timeout(LONG, async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the event stream ends at shutdown");
+    if let Some(status) = events_end {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("shutting down"), "{status:?}");
+    }
+    let (code, cluster) = tokio::task::spawn_blocking(move || stopper.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "clean exit:\n{}", cluster.logs(3));
 }

@@ -186,7 +186,7 @@ pub async fn run_node(
         WITNESS_INTERVAL,
         stop_rx.clone(),
     ));
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
     // Not serving until the status watch has seen a leader with a quorum.
     observe::set_health(&health, tonic_health::ServingStatus::NotServing).await;
     let watch_task = tokio::spawn(observe::watch_node(
@@ -255,17 +255,21 @@ pub async fn run_node(
     // calls in flight finish (bounded); Raft stops last, so those calls can still commit.
     observe::set_health(&health, tonic_health::ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
-    drain("api", api_task).await;
-    if let Some(task) = admin_task {
-        drain("admin", task).await;
-    }
+    // The status watch ends first, so nothing sets a health entry again after they are gone.
+    let _ = watch_task.await;
+    observe::end_health(&mut health).await;
+    let admin_drained = async {
+        if let Some(task) = admin_task {
+            drain("admin", task).await;
+        }
+    };
+    tokio::join!(drain("api", api_task), admin_drained);
     if let Some(task) = metrics_task
         && let Ok(Err(e)) = task.await
     {
         tracing::warn!(error = %e, "metrics endpoint stopped with an error");
     }
     let _ = witness_task.await;
-    let _ = watch_task.await;
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await?,
         Err(node) => {

@@ -180,6 +180,15 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Removes every health entry: `Watch` streams end (after delivering the last status), so a
+/// load balancer's open health stream does not hold the drain up until its timeout.
+pub async fn end_health(reporter: &mut HealthReporter) {
+    reporter.clear_service_status("").await;
+    for name in HEALTH_SERVICES {
+        reporter.clear_service_status(name).await;
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
