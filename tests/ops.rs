@@ -209,6 +209,15 @@ async fn health_reflection_metrics_and_admin_on_a_three_node_cluster() {
         .is_some_and(|n| n >= 6.0),
         "{text}"
     );
+    assert!(
+        sample_value(
+            &text,
+            "wasteledger_grpc_requests_total",
+            "method=\"/wasteledger.v1.LedgerService/Submit\",code=\"Ok\""
+        )
+        .is_some_and(|n| n >= 6.0),
+        "{text}"
+    );
     // Followers applied the same verdicts; the pre-check refusal happened only on the leader.
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     let text = metrics_until(&cluster, follower, |t| {

@@ -159,10 +159,9 @@ fn status_of(m: &Metrics, max_quorum_silence: Duration) -> NodeStatus {
         Health::NotServing(format!(
             "leader without a quorum acknowledgement in the last {max_quorum_silence:?}"
         ))
-    } else if !voter_ids.contains(&m.id) && last_applied < committed {
-        Health::NotServing(format!(
-            "learner catching up: applied {last_applied:?} of committed {committed:?}"
-        ))
+    } else if last_applied.is_none() {
+        // A new learner before its first entry or snapshot: it has no ledger to serve.
+        Health::NotServing("nothing applied yet".into())
     } else if committed.unwrap_or(0) > last_applied.unwrap_or(0) + MAX_SERVING_APPLY_LAG {
         Health::NotServing(format!(
             "applied index {last_applied:?} trails committed {committed:?} by more than \

@@ -105,10 +105,24 @@ where
                     .map(tonic::Code::from_i32)
                     .unwrap_or(tonic::Code::Ok);
                 let elapsed = started.elapsed();
-                tracing::debug!(code = ?code, elapsed_ms = elapsed.as_millis() as u64, "rpc answered");
+                let elapsed_ms = elapsed.as_millis() as u64;
+                match code {
+                    // Refusals are routine (rule violations, no leader); these are not.
+                    tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
+                        tracing::warn!(code = ?code, elapsed_ms, "rpc failed");
+                    }
+                    _ => tracing::debug!(code = ?code, elapsed_ms, "rpc answered"),
+                }
+                // The path is chosen by the caller: a method no service knows is counted under
+                // one label, so random paths cannot grow the registry without bound.
+                let method_label = if code == tonic::Code::Unimplemented {
+                    "unknown".to_owned()
+                } else {
+                    method.clone()
+                };
                 metrics::counter!(
                     "wasteledger_grpc_requests_total",
-                    "method" => method.clone(),
+                    "method" => method_label,
                     "code" => format!("{code:?}")
                 )
                 .increment(1);
