@@ -562,3 +562,74 @@ async fn a_node_added_as_learner_becomes_a_voter() {
         .unwrap();
     assert_eq!(code, Some(0), "clean exit:\n{}", cluster.logs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uninitialised_cluster_is_initialised_through_the_admin_api() {
+    let cluster = Cluster::start_with_founders(Path::new(BIN), 3, 0);
+    let members: Vec<pb::ClusterMember> = cluster
+        .specs
+        .values()
+        .map(|s| pb::ClusterMember {
+            node_id: s.id,
+            raft_addr: s.raft.clone(),
+            api_addr: s.api.clone(),
+        })
+        .collect();
+    // Bounded wait for node 1's admin listener, then check it belongs to no cluster yet.
+    let deadline = Instant::now() + LONG;
+    let before = loop {
+        if let Some(s) = cluster.status(1).await {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1's admin listener never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((before.leader_id, before.voters.len()), (0, 0));
+    let mut admin = cluster.admin_client(1).await.expect("client");
+    let without_self = admin
+        .initialize(pb::InitializeRequest {
+            members: members[1..].to_vec(),
+            auth: None,
+        })
+        .await
+        .expect_err("the members must include the node asked");
+    assert_eq!(without_self.code(), tonic::Code::InvalidArgument);
+    assert_eq!(reason(&without_self), Some("cluster.invalid_member"));
+    admin
+        .initialize(pb::InitializeRequest {
+            members: members.clone(),
+            auth: None,
+        })
+        .await
+        .expect("initialised");
+    let leader = leader(&cluster, 2).await;
+    // Asking again is harmless.
+    admin
+        .initialize(pb::InitializeRequest {
+            members,
+            auth: None,
+        })
+        .await
+        .expect("a second Initialize is a no-op");
+    let status = cluster.status(3).await.expect("status");
+    assert_eq!(status.leader_id, leader);
+    assert_eq!(
+        status.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for id in 1..=3 {
+        assert!(
+            cluster
+                .wait_health(id, LEDGER_SERVICE, ServingStatus::Serving, LONG)
+                .await,
+            "node {id} serves once initialised"
+        );
+    }
+    cluster
+        .submit(3, &cluster.net.registrations()[0], LONG)
+        .await
+        .expect("the new cluster accepts writes");
+}

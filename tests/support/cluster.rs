@@ -83,6 +83,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], but node 1 initialises the cluster with nodes `1..=founders`
     /// only; the others start uninitialised, waiting to be added (ClusterService.AddLearner).
+    /// With `founders == 0` no node bootstraps: the cluster waits for ClusterService.Initialize.
     pub fn start_with_founders(binary: &Path, n: u64, founders: u64) -> Cluster {
         let net = SampleNetwork::new().expect("sample network");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -111,7 +112,7 @@ impl Cluster {
                 spec.id,
                 spec.data_dir,
                 key_path,
-                spec.id == 1,
+                spec.id == 1 && founders > 0,
                 spec.raft,
                 spec.api,
                 spec.admin,

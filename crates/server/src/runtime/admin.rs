@@ -293,7 +293,7 @@ fn member_addr(m: &pb::ClusterMember) -> Result<(u64, NodeAddr), Status> {
     ))
 }
 
-/// The status message of a node status and ledger size.
+/// The ClusterService status message for a node status and its ledger size.
 pub fn cluster_status(s: &NodeStatus, ledger_size: u64) -> pb::ClusterStatus {
     let lag = s.replication_lag();
     pb::ClusterStatus {
