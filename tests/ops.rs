@@ -487,9 +487,20 @@ async fn a_node_added_as_learner_becomes_a_voter() {
         "node 3 serves once it has caught up:\n{}",
         cluster.logs(3)
     );
-    let seen_by_3 = cluster.status(3).await.expect("status");
-    assert_eq!(seen_by_3.voters.len(), 3);
-    assert_eq!(seen_by_3.leader_id, leader);
+    // Node 3 learns the final membership when that entry reaches it (bounded wait).
+    let deadline = Instant::now() + LONG;
+    loop {
+        let seen_by_3 = cluster.status(3).await.expect("status");
+        if seen_by_3.voters.len() == 3 && seen_by_3.learners.is_empty() {
+            assert_eq!(seen_by_3.leader_id, leader);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never saw itself a voter: {seen_by_3:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Graceful stop with long-lived calls open on node 3: a health Watch (what load balancers
     // hold) sees NOT_SERVING and then ends, a WatchEvents stream ends, and the drain finishes
