@@ -317,3 +317,80 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use openraft::async_runtime::instant::Instant as _;
+    use openraft::{Membership, StoredMembership};
+    use openraft_rt_tokio::TokioInstant;
+
+    use super::*;
+
+    fn log_id(index: u64) -> crate::types::LogId {
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
+    }
+
+    /// Node `id` of a 3-voter cluster led by `leader`, having applied `applied` of `committed`.
+    fn metrics(id: u64, leader: Option<u64>, applied: Option<u64>, committed: u64) -> Metrics {
+        let mut m = Metrics::new_initial(id);
+        let voters = BTreeSet::from([1, 2, 3]);
+        let nodes: BTreeMap<u64, NodeAddr> = (1..=4).map(|n| (n, NodeAddr::default())).collect();
+        let membership = Membership::new(vec![voters], nodes).unwrap();
+        m.membership_config = Arc::new(StoredMembership::new(Some(log_id(1)), membership));
+        m.current_term = 1;
+        m.current_leader = leader;
+        m.last_log_index = Some(committed);
+        m.cluster_committed = Some(log_id(committed));
+        m.last_applied = applied.map(log_id);
+        m
+    }
+
+    const SILENCE: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_follower_serves_with_a_leader_and_a_small_lag() {
+        let s = status_of(&metrics(2, Some(1), Some(100), 100), SILENCE);
+        assert_eq!(s.health, Health::Serving);
+        assert_eq!(s.voters.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(s.learners.keys().copied().collect::<Vec<_>>(), vec![4]);
+        let behind = 100 + MAX_SERVING_APPLY_LAG;
+        let s = status_of(&metrics(2, Some(1), Some(100), behind), SILENCE);
+        assert!(s.health.is_serving(), "at the bound: {s:?}");
+        let s = status_of(&metrics(2, Some(1), Some(100), behind + 1), SILENCE);
+        assert!(!s.health.is_serving(), "past the bound: {s:?}");
+    }
+
+    #[test]
+    fn no_leader_or_nothing_applied_is_not_serving() {
+        let s = status_of(&metrics(2, None, Some(100), 100), SILENCE);
+        assert_eq!(s.health, Health::NotServing("no leader known".into()));
+        // A learner that has a leader but no ledger yet.
+        let s = status_of(&metrics(4, Some(1), None, 100), SILENCE);
+        assert_eq!(s.health, Health::NotServing("nothing applied yet".into()));
+    }
+
+    #[test]
+    fn a_leader_serves_only_with_a_recent_quorum_acknowledgement() {
+        let mut m = metrics(1, Some(1), Some(10), 10);
+        m.replication = Some(BTreeMap::from([
+            (1, Some(log_id(10))),
+            (2, Some(log_id(7))),
+            (3, None),
+        ]));
+        // Never acknowledged by a quorum.
+        assert!(!status_of(&m, SILENCE).health.is_serving());
+        m.last_quorum_acked = Some(TokioInstant::now().into());
+        let s = status_of(&m, SILENCE);
+        assert_eq!(s.health, Health::Serving);
+        assert!(s.is_leader());
+        // Lag per follower, never listing the leader itself.
+        assert_eq!(s.replication_lag(), BTreeMap::from([(2, 3), (3, 10)]));
+        // Acknowledged, but longer ago than an election timeout.
+        m.last_quorum_acked = Some((TokioInstant::now() - SILENCE * 2).into());
+        assert!(!status_of(&m, SILENCE).health.is_serving());
+    }
+}
