@@ -45,6 +45,9 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The `[raft]` section of test clusters.
+pub const TEST_RAFT: &str = "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_every = 50\nkeep_logs_after_snapshot = 10\n";
+
 /// One node's fixed addresses and files.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -76,15 +79,28 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes genesis, keys and configs for `n` nodes (node 1 bootstraps) and starts them all.
+    /// Writes genesis, keys and configs for `n` nodes (node 1 bootstraps) and starts them all,
+    /// with test timings: fast elections, and a snapshot every 50 entries so that tests
+    /// exercise snapshots and log purges.
     pub fn start(binary: &Path, n: u64) -> Cluster {
-        Cluster::start_with_founders(binary, n, n)
+        Cluster::start_configured(binary, n, n, TEST_RAFT)
+    }
+
+    /// [`Cluster::start`] with the given `[raft]` configuration section (`""` = the
+    /// production defaults, which measurements must use).
+    pub fn start_with_raft(binary: &Path, n: u64, raft_section: &str) -> Cluster {
+        Cluster::start_configured(binary, n, n, raft_section)
     }
 
     /// Like [`Cluster::start`], but node 1 initialises the cluster with nodes `1..=founders`
     /// only; the others start uninitialised, waiting to be added (ClusterService.AddLearner).
     /// With `founders == 0` no node bootstraps: the cluster waits for ClusterService.Initialize.
     pub fn start_with_founders(binary: &Path, n: u64, founders: u64) -> Cluster {
+        Cluster::start_configured(binary, n, founders, TEST_RAFT)
+    }
+
+    /// The general form: `n` nodes, founding members `1..=founders`, this `[raft]` section.
+    pub fn start_configured(binary: &Path, n: u64, founders: u64, raft_section: &str) -> Cluster {
         let net = SampleNetwork::new().expect("sample network");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("genesis.pb"), &net.genesis_bytes).expect("genesis");
@@ -128,7 +144,7 @@ impl Cluster {
                     peer.id, peer.raft, peer.api
                 ));
             }
-            text.push_str("[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_every = 50\nkeep_logs_after_snapshot = 10\n");
+            text.push_str(raft_section);
             std::fs::write(&spec.config, text).expect("config");
         }
         let mut cluster = Cluster {
@@ -162,6 +178,11 @@ impl Cluster {
             .spawn()
             .expect("spawn wasteledger node");
         self.procs.insert(id, child);
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs.get(&id).map(|c| c.id())
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
