@@ -79,20 +79,22 @@ pub(crate) struct Target {
 }
 
 /// Drives `lifecycles` with `clients` concurrent clients (each submits one lifecycle at a
-/// time, event by event), stopping after `duration` if given. Returns the latency samples and
-/// the start time.
+/// time, event by event), stopping after `duration` if given. Returns the start time, the
+/// latency samples and how many submissions were retried during leader elections.
 pub(crate) async fn drive(
     target: &Target,
     clients: usize,
     lifecycles: Vec<Lifecycle>,
     duration: Option<Duration>,
-) -> anyhow::Result<(Instant, Vec<Sample>)> {
+) -> anyhow::Result<(Instant, Vec<Sample>, u64)> {
     let queue = Arc::new(Mutex::new(VecDeque::from(lifecycles)));
+    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let queue = queue.clone();
+        let retries = retries.clone();
         let api = target.api.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = LedgerServiceClient::connect(format!("http://{api}"))
@@ -110,10 +112,27 @@ pub(crate) async fn drive(
                 let Some(events) = next else { break };
                 for event in events {
                     let t = Instant::now();
-                    client
-                        .submit(event)
-                        .await
-                        .map_err(|s| anyhow!("submit refused: {:?} {}", s.code(), s.message()))?;
+                    // A client resubmits the same signed event while the cluster has no
+                    // leader (an election): resubmission is idempotent, so this never
+                    // double-records, and the latency includes the wait.
+                    let mut attempts = 0;
+                    loop {
+                        match client.submit(event.clone()).await {
+                            Ok(_) => break,
+                            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 300 => {
+                                attempts += 1;
+                                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(s) => {
+                                return Err(anyhow!(
+                                    "submit refused: {:?} {}",
+                                    s.code(),
+                                    s.message()
+                                ));
+                            }
+                        }
+                    }
                     samples.push(Sample {
                         done: Instant::now(),
                         latency: t.elapsed(),
@@ -127,7 +146,11 @@ pub(crate) async fn drive(
     for t in tasks {
         all.extend(t.await.context("client task")??);
     }
-    Ok((started, all))
+    Ok((
+        started,
+        all,
+        retries.load(std::sync::atomic::Ordering::Relaxed),
+    ))
 }
 
 /// Options of a WasteLedger benchmark.
@@ -188,8 +211,9 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
         let cpu_before: Vec<f64> = (1..=3)
             .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
             .collect();
-        let (started, samples) = drive(&target, clients, work, opts.duration).await?;
+        let (started, samples, retries) = drive(&target, clients, work, opts.duration).await?;
         let mut report = summarise("wasteledger", clients, started, samples, opts.window);
+        report.retries = retries;
         report.cpu_seconds = (1..=3)
             .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
             .zip(cpu_before)

@@ -94,6 +94,9 @@ fn print_table(reports: &[stats::RunReport]) {
                 cpu.join("/"),
                 bytes.join("/")
             );
+            if r.retries > 0 {
+                println!("  retried during leader elections: {}", r.retries);
+            }
             if !r.windows.is_empty() {
                 let w: Vec<String> = r.windows.iter().map(|w| format!("{w:.0}")).collect();
                 println!("  ops/s per window: {}", w.join(", "));

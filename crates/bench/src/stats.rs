@@ -40,6 +40,8 @@ pub(crate) struct RunReport {
     pub(crate) cpu_seconds: Vec<f64>,
     /// On-disk bytes per acknowledged operation, per server (after the run; whole data dir).
     pub(crate) bytes_per_op: Vec<f64>,
+    /// Submissions retried because the cluster had no leader for a moment.
+    pub(crate) retries: u64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -95,6 +97,7 @@ pub(crate) fn summarise(
         windows,
         cpu_seconds: Vec::new(),
         bytes_per_op: Vec::new(),
+        retries: 0,
     }
 }
 

@@ -102,10 +102,25 @@ impl LedgerStateMachine {
         })
     }
 
+    /// Locks the state. Callers are async tasks (API handlers, the apply loop) on a small
+    /// runtime, and a snapshot build holds the lock for a long time: waiting on a plain mutex
+    /// would block the worker thread, and with every worker blocked Raft misses heartbeats and
+    /// holds an election. So an uncontended lock is taken at once, and a contended wait on a
+    /// multi-thread runtime tells tokio to move other tasks off this thread first.
     fn lock(&self) -> io::Result<MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| io_err("state machine lock poisoned by an earlier panic"))
+        let poisoned = |_| io_err("state machine lock poisoned by an earlier panic");
+        match self.inner.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(|| self.inner.lock()).map_err(poisoned)
+        } else {
+            self.inner.lock().map_err(poisoned)
+        }
     }
 
     /// Runs `f` with the ledger store (for queries, proofs and the witness). Do not hold the
