@@ -69,8 +69,8 @@ pub fn validate(m: &pb::Manifest, origin: &str) -> Result<(), FileError> {
     }
 }
 
-/// Reads a `.toml` or `.json` manifest file and validates it.
-pub fn read_manifest(path: &Path) -> Result<pb::Manifest, FileError> {
+/// Reads any message from a `.toml` or `.json` file in protobuf-JSON form (no validation).
+pub fn read_message<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Io {
         path: path.to_owned(),
         source,
@@ -80,17 +80,39 @@ pub fn read_manifest(path: &Path) -> Result<pb::Manifest, FileError> {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     let parsed = match ext.as_deref() {
-        Some("toml") => parse_manifest_toml(&text),
-        Some("json") => parse_manifest_json(&text),
+        Some("toml") => toml::from_str::<serde_json::Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string())),
+        Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string()),
         _ => return Err(FileError::Format(path.to_owned())),
     };
-    let origin = path.display().to_string();
-    let manifest = parsed.map_err(|message| FileError::Syntax {
-        path: origin.clone(),
+    parsed.map_err(|message| FileError::Syntax {
+        path: path.display().to_string(),
         message,
-    })?;
-    validate(&manifest, &origin)?;
+    })
+}
+
+/// Reads a `.toml` or `.json` manifest file and validates it.
+pub fn read_manifest(path: &Path) -> Result<pb::Manifest, FileError> {
+    let manifest: pb::Manifest = read_message(path)?;
+    validate(&manifest, &path.display().to_string())?;
     Ok(manifest)
+}
+
+/// Reads a `.toml` or `.json` party file (a `wasteledger.v1.Party`) and checks its registry id;
+/// the registry rules (roles, permits) are checked by the ledger.
+pub fn read_party(path: &Path) -> Result<pb::Party, FileError> {
+    let party: pb::Party = read_message(path)?;
+    if let Err(e) = wasteledger_core::tracking::validate_registry_id(&party.registry_id) {
+        return Err(FileError::Invalid {
+            path: path.display().to_string(),
+            problems: vec![FieldProblem {
+                field: "registry_id".into(),
+                problem: e.to_string(),
+            }],
+        });
+    }
+    Ok(party)
 }
 
 /// One line of a JSON Lines import: its 1-based number and the manifest or why it is refused.
