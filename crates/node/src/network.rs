@@ -756,6 +756,16 @@ impl RaftService for RaftServiceImpl {
         encode_reply(&result, "Propose")
     }
 
+    async fn read_index(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let result: Result<u64, String> = self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map(|read| read.log_id().index)
+            .map_err(|e| e.to_string());
+        encode_reply(&result, "ReadIndex")
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
@@ -980,12 +990,22 @@ where
     })
 }
 
-/// Proposes a node-originated command on the node at `raft_addr` (the leader).
-pub async fn propose_remote(
+/// Asks the leader at `raft_addr` for a read index: the log index this node must apply before
+/// answering a linearizable read.
+pub async fn read_index_remote(raft_addr: &str, timeout: Duration) -> Result<u64, String> {
+    let mut client = raft_client(raft_addr, timeout).await?;
+    let reply = client
+        .read_index(RaftPayload { data: Vec::new() })
+        .await
+        .map_err(|s| format!("{raft_addr}: {}", s.message()))?;
+    let result: Result<u64, String> = decode(&reply.get_ref().data).map_err(|e| e.to_string())?;
+    result
+}
+
+async fn raft_client(
     raft_addr: &str,
-    command: &crate::types::LedgerRequest,
     timeout: Duration,
-) -> Result<crate::types::LedgerResponse, String> {
+) -> Result<RaftServiceClient<tonic::transport::Channel>, String> {
     let endpoint = Endpoint::from_shared(format!("http://{raft_addr}"))
         .map_err(|e| format!("bad address {raft_addr}: {e}"))?
         .connect_timeout(Duration::from_secs(1))
@@ -994,9 +1014,18 @@ pub async fn propose_remote(
         .connect()
         .await
         .map_err(|e| format!("{raft_addr} unreachable: {e}"))?;
-    let mut client = RaftServiceClient::new(channel)
+    Ok(RaftServiceClient::new(channel)
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+}
+
+/// Proposes a node-originated command on the node at `raft_addr` (the leader).
+pub async fn propose_remote(
+    raft_addr: &str,
+    command: &crate::types::LedgerRequest,
+    timeout: Duration,
+) -> Result<crate::types::LedgerResponse, String> {
+    let mut client = raft_client(raft_addr, timeout).await?;
     let data = encode(command).map_err(|e| e.to_string())?;
     let reply = client
         .propose(RaftPayload { data })
@@ -1204,6 +1233,13 @@ mod tests {
         }
 
         async fn propose(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn read_index(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
             Err(Status::unimplemented("stand-in"))
         }
 

@@ -347,6 +347,30 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
+    /// Makes the next read linearizable: confirms with a quorum (Raft read index, asked of the
+    /// leader when this node follows) and waits until this node has applied up to it, so local
+    /// reads reflect every write acknowledged before this call.
+    pub async fn linearize(&self, timeout: Duration) -> Result<(), WriteError> {
+        let index = if self.raft.is_leader() {
+            self.raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| WriteError::Raft(e.to_string()))?
+                .log_id()
+                .index
+        } else {
+            let Some(addr) = self.leader_addr() else {
+                return Err(WriteError::NotLeader { leader: None });
+            };
+            crate::network::read_index_remote(&addr.raft_addr, timeout)
+                .await
+                .map_err(WriteError::Raft)?
+        };
+        self.wait_applied(index, timeout)
+            .await
+            .map_err(|e| WriteError::Raft(e.to_string()))
+    }
+
     /// This node's Raft id.
     pub fn raft_id(&self) -> u64 {
         *self.raft.node_id()

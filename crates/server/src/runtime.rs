@@ -142,7 +142,14 @@ pub async fn run_node(
     ));
     let mut api_stop = stop_rx.clone();
     let api = tonic::transport::Server::builder()
-        .add_service(LedgerApi::new(node.clone()).into_service())
+        .layer(tower::util::MapResponseLayer::new(
+            crate::limits::rewrite_oversize::<tonic::body::Body>,
+        ))
+        .add_service(
+            LedgerApi::new(node.clone())
+                .with_shutdown(stop_rx.clone())
+                .into_service(),
+        )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(api_listener),
             async move {

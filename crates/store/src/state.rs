@@ -580,6 +580,78 @@ impl LedgerStore {
         self.read(&key(USER, k))
     }
 
+    /// Stored manifest states in canonical tracking-number order, strictly after the tracking
+    /// number `after`, at most `limit`: `(canonical tracking number, state)`.
+    pub fn manifests_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, pb::ManifestState)>, StoreError> {
+        self.records_after(MANIFEST, after, limit, "stored manifest state")
+    }
+
+    /// The stored state of the manifest with canonical tracking number `tracking`.
+    pub fn manifest_state(&self, tracking: &str) -> Result<Option<pb::ManifestState>, StoreError> {
+        self.read(&key(MANIFEST, tracking.as_bytes()))?
+            .map(|v| {
+                pb::ManifestState::decode(v.as_slice())
+                    .map_err(|_| StoreError::Corrupt("stored manifest state"))
+            })
+            .transpose()
+    }
+
+    /// Registered parties in registry-id order, strictly after `after`, at most `limit`.
+    pub fn parties_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, pb::PartyState)>, StoreError> {
+        self.records_after(PARTY, after, limit, "stored party state")
+    }
+
+    /// The stored registry record of party `registry_id`.
+    pub fn party_state(&self, registry_id: &str) -> Result<Option<pb::PartyState>, StoreError> {
+        self.read(&key(PARTY, registry_id.as_bytes()))?
+            .map(|v| {
+                pb::PartyState::decode(v.as_slice())
+                    .map_err(|_| StoreError::Corrupt("stored party state"))
+            })
+            .transpose()
+    }
+
+    fn records_after<T: Message + Default>(
+        &self,
+        prefix: u8,
+        after: Option<&str>,
+        limit: usize,
+        what: &'static str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let start = match after {
+            Some(a) => {
+                let mut k = key(prefix, a.as_bytes());
+                k.push(0); // strictly after the cursor
+                k
+            }
+            None => vec![prefix],
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if k.first() != Some(&prefix) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.push((
+                name,
+                T::decode(v.as_ref()).map_err(|_| StoreError::Corrupt(what))?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// Tracking numbers indexed under `kind` (`b'p'` party, `b'c'` waste code
     /// `"<system number>:<code>"`, `b's'` status name) and `value`, in tracking-number order,
     /// starting after `after` (a cursor), at most `limit`.

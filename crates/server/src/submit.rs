@@ -1,0 +1,237 @@
+//! The write side of `LedgerService`: one signed event or a batch, forwarded to the leader
+//! when this node follows, answered with a receipt (the original one on resubmission) or a
+//! status that follows the documented mapping.
+
+use std::time::Duration;
+
+use tonic::{Request, Status};
+use wasteledger_core::envelope::event_hash;
+use wasteledger_core::ledger::LedgerView;
+use wasteledger_core::pb;
+use wasteledger_node::node::WriteError;
+use wasteledger_node::types::LedgerResponse;
+
+use crate::proofs::{note, published};
+use crate::read::entry_at;
+use crate::{
+    LEADER_KEY, LedgerApi, LedgerServiceClient, MAX_RESPONSE_BYTES, code_for_kind, status,
+};
+
+/// Most events in one SubmitBatch.
+pub const MAX_BATCH: usize = 256;
+
+/// Metadata marking a call a follower forwarded, so a confused follower never forwards in a
+/// loop.
+const FORWARDED_KEY: &str = "wasteledger-forwarded";
+
+/// Where a write went.
+pub(crate) enum Outcome {
+    /// Committed (now or earlier, for a resubmission).
+    Accepted(pb::Receipt),
+    /// This node follows; the leader's API address, when known.
+    NotLeader(Option<String>),
+}
+
+impl LedgerApi {
+    /// Decides one event on this node: a receipt, a refusal, or "not the leader".
+    pub(crate) async fn submit_here(&self, event: &pb::SignedEvent) -> Result<Outcome, Status> {
+        match self.node.submit(event.clone()).await {
+            Ok(LedgerResponse::Accepted {
+                index,
+                event_hash,
+                leaf_hash,
+                tree_size,
+            }) => {
+                let checkpoint = self.read_store(published)?;
+                Ok(Outcome::Accepted(pb::Receipt {
+                    index,
+                    event_hash: event_hash.to_vec(),
+                    leaf_hash: leaf_hash.to_vec(),
+                    tree_size,
+                    checkpoint: checkpoint
+                        .filter(|c| c.checkpoint.size > index)
+                        .map(|c| note(&c)),
+                }))
+            }
+            Ok(LedgerResponse::Rejected {
+                duplicate_of: Some(index),
+                ..
+            }) => self.receipt_for_index(index).map(Outcome::Accepted),
+            Ok(LedgerResponse::Rejected {
+                code,
+                kind,
+                message,
+                ..
+            }) => Err(status(code_for_kind(&kind), &code, message)),
+            Ok(other) => Err(crate::internal(format!(
+                "unexpected state machine answer {other:?}"
+            ))),
+            Err(WriteError::Rejected {
+                code,
+                kind,
+                message,
+            }) => {
+                if code == "ledger.already_recorded" {
+                    let ledger_id = self.node.state_machine.genesis().ledger_id;
+                    let hash = event_hash(&ledger_id, &event.body);
+                    let index = self.read_store(|s| Ok(s.event_index(&hash)))?;
+                    if let Some(index) = index {
+                        return self.receipt_for_index(index).map(Outcome::Accepted);
+                    }
+                }
+                Err(status(code_for_kind(&kind), &code, message))
+            }
+            Err(WriteError::NotLeader { leader }) => {
+                Ok(Outcome::NotLeader(leader.map(|(_, addr)| addr.api_addr)))
+            }
+            Err(WriteError::Raft(m)) => Err(status(
+                tonic::Code::Unavailable,
+                "cluster.raft",
+                format!(
+                    "{m}; the outcome is unknown: resubmit the same signed event (it is idempotent)"
+                ),
+            )),
+        }
+    }
+
+    /// The receipt of the entry already at `index` (a resubmission).
+    fn receipt_for_index(&self, index: u64) -> Result<pb::Receipt, Status> {
+        let ledger_id = self.node.state_machine.genesis().ledger_id;
+        self.read_store(|s| {
+            let entry = entry_at(s, index)?;
+            let decoded = wasteledger_core::entry::LedgerEntry::decode(&entry)
+                .map_err(|e| crate::internal(e.to_string()))?;
+            let checkpoint = published(s)?;
+            Ok(pb::Receipt {
+                index,
+                event_hash: event_hash(&ledger_id, &decoded.body).0.to_vec(),
+                leaf_hash: wasteledger_core::entry::leaf_hash(&entry).0.to_vec(),
+                tree_size: index + 1,
+                checkpoint: checkpoint
+                    .filter(|c| c.checkpoint.size > index)
+                    .map(|c| note(&c)),
+            })
+        })
+    }
+
+    /// A client to the leader's API for forwarding.
+    async fn leader_client(
+        &self,
+        leader_api: &str,
+    ) -> Result<LedgerServiceClient<tonic::transport::Channel>, Status> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader_api}"))
+            .map_err(|e| crate::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60));
+        let channel = endpoint.connect().await.map_err(|e| {
+            status(
+                tonic::Code::Unavailable,
+                "cluster.leader_unreachable",
+                format!("leader at {leader_api} unreachable: {e}; retry shortly"),
+            )
+        })?;
+        Ok(LedgerServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    }
+
+    /// Submit: here when leading, else forwarded once to the leader.
+    pub(crate) async fn submit_one(
+        &self,
+        event: pb::SignedEvent,
+        forwarded: bool,
+    ) -> Result<pb::Receipt, Status> {
+        match self.submit_here(&event).await? {
+            Outcome::Accepted(receipt) => Ok(receipt),
+            Outcome::NotLeader(Some(leader)) if !forwarded => {
+                let mut client = self.leader_client(&leader).await?;
+                client
+                    .submit(mark_forwarded(Request::new(event)))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+            Outcome::NotLeader(leader) => Err(no_leader(leader)),
+        }
+    }
+
+    /// SubmitBatch: each item decided in order on the leader; a refusal is that item's result.
+    pub(crate) async fn submit_batch(
+        &self,
+        batch: pb::SubmitBatchRequest,
+        forwarded: bool,
+    ) -> Result<pb::SubmitBatchResponse, Status> {
+        if batch.events.len() > MAX_BATCH {
+            return Err(status(
+                tonic::Code::ResourceExhausted,
+                "envelope.batch_too_large",
+                format!(
+                    "a batch holds at most {MAX_BATCH} events, this one {}; split it",
+                    batch.events.len()
+                ),
+            ));
+        }
+        let mut results = Vec::with_capacity(batch.events.len());
+        for (i, event) in batch.events.iter().enumerate() {
+            let result = match self.submit_here(event).await {
+                Ok(Outcome::Accepted(receipt)) => pb::submit_result::Result::Accepted(receipt),
+                Ok(Outcome::NotLeader(leader)) if i == 0 && !forwarded => {
+                    // Nothing decided yet: hand the whole batch to the leader.
+                    let Some(leader) = leader else {
+                        return Err(no_leader(None));
+                    };
+                    let mut client = self.leader_client(&leader).await?;
+                    return client
+                        .submit_batch(mark_forwarded(Request::new(batch)))
+                        .await
+                        .map(|r| r.into_inner());
+                }
+                Ok(Outcome::NotLeader(leader)) => {
+                    // Leadership moved mid-batch: this item and the rest are not decided.
+                    pb::submit_result::Result::Rejected(submit_error(&no_leader(leader)))
+                }
+                Err(s) => pb::submit_result::Result::Rejected(submit_error(&s)),
+            };
+            results.push(pb::SubmitResult {
+                result: Some(result),
+            });
+        }
+        Ok(pb::SubmitBatchResponse { results })
+    }
+}
+
+/// True when a follower forwarded this call.
+pub(crate) fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_KEY)
+}
+
+fn mark_forwarded<T>(mut request: Request<T>) -> Request<T> {
+    if let Ok(v) = "1".parse() {
+        request.metadata_mut().insert(FORWARDED_KEY, v);
+    }
+    request
+}
+
+fn no_leader(leader: Option<String>) -> Status {
+    let mut s = status(
+        tonic::Code::Unavailable,
+        "cluster.no_leader",
+        "no leader with a quorum right now; retry shortly",
+    );
+    if let Some(addr) = leader
+        && let Ok(v) = addr.parse()
+    {
+        s.metadata_mut().insert(LEADER_KEY, v);
+    }
+    s
+}
+
+fn submit_error(s: &Status) -> pb::SubmitError {
+    pb::SubmitError {
+        code: s.code() as i32,
+        reason: s
+            .metadata()
+            .get(crate::REASON_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_owned(),
+        message: s.message().to_owned(),
+    }
+}
