@@ -527,12 +527,100 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     assert_eq!(failed.code, 1);
     assert_eq!(failed.json()["result"], "FAILED");
 
-    // Listing: served once the node implements ListManifests; until then a clear refusal.
-    let list = run(&["-O", "json", "manifest", "list", "--party", ids::GENERATOR]);
-    if list.code == 0 {
-        let all = list.json();
-        assert!(all.as_array().unwrap().len() >= 2, "{all}");
-    } else {
-        list.fails(3, "not implemented");
-    }
+    // Bulk import from JSON Lines: per-line results; a bad line and a duplicate are reported
+    // without stopping the others (exit 2 because one line is invalid).
+    let line = |n: &str| serde_json::to_string(&cluster.net.manifest(n, &[ids::ROAD])).unwrap();
+    let jsonl = format!(
+        "{}\n{}\n{{\"lines\": 5}}\n{}\n",
+        line("20261502000201"),
+        line("20261502000202"),
+        line("20261502000201")
+    );
+    std::fs::write(d.join("import.jsonl"), jsonl).unwrap();
+    let import = run(&[
+        "-O",
+        "json",
+        "manifest",
+        "import",
+        "import.jsonl",
+        "-k",
+        &key(ids::GENERATOR),
+    ]);
+    assert_eq!(import.code, 2, "{}\n{}", import.stdout, import.stderr);
+    let results: Vec<String> = import
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(results, ["recorded", "recorded", "invalid", "refused"]);
+
+    // Listing pages through every result with the cursor (one manifest per page here).
+    let all = run(&[
+        "-O",
+        "json",
+        "manifest",
+        "list",
+        "--party",
+        ids::GENERATOR,
+        "--page-size",
+        "1",
+    ])
+    .ok()
+    .json();
+    let listed: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["tracking_number"]["number"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "20261502000101",
+            "20261502000102",
+            "20261502000201",
+            "20261502000202"
+        ]
+    );
+    let treated = run(&["-O", "json", "manifest", "list", "--status", "treated"])
+        .ok()
+        .json();
+    assert_eq!(treated.as_array().unwrap().len(), 1);
+    run(&["manifest", "list"]).ok();
+
+    // Key management: the regulator rotates its key, then the authority revokes the new one.
+    let fresh = run(&["-O", "json", "key", "generate", "reg2.key"])
+        .ok()
+        .json();
+    run(&[
+        "party",
+        "rotate-key",
+        ids::REGULATOR,
+        "--new-public-key",
+        fresh["public_key"].as_str().unwrap(),
+        "--key",
+        &key(ids::REGULATOR),
+    ])
+    .ok();
+    let party = run(&["-O", "json", "party", "show", ids::REGULATOR])
+        .ok()
+        .json();
+    assert_eq!(party["keys"].as_array().unwrap().len(), 2, "{party}");
+    let fresh_id = fresh["key_id"].as_str().unwrap();
+    run(&[
+        "party",
+        "revoke-key",
+        ids::REGULATOR,
+        "--key-id",
+        fresh_id,
+        "--reason",
+        "laptop lost",
+        "--key",
+        "authority.key",
+    ])
+    .ok();
+    run(&["party", "show", ids::REGULATOR]).ok();
+    run(&["party", "show", "NOBODY"]).fails(3, "query.");
 }

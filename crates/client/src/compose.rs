@@ -210,6 +210,29 @@ fn status_of(state: &pb::ManifestState) -> ManifestStatus {
     ManifestStatus::try_from(state.status).unwrap_or(ManifestStatus::Unspecified)
 }
 
+/// A deviation in basis points as a signed percentage: `-58` → `-0.58 %`. (Splitting the
+/// integer part from the remainder loses the sign below 1 %, so the sign is written first.)
+pub fn percent_text(bp: i64) -> String {
+    let sign = if bp < 0 { '-' } else { '+' };
+    let abs = bp.unsigned_abs();
+    format!("{sign}{}.{:02} %", abs / 100, abs % 100)
+}
+
+/// A unit as people write it: `kg`, `t`, `lb`, `ton`, `L`, `gal`, `m3`, `yd3`.
+pub fn unit_text(unit: i32) -> &'static str {
+    match QuantityUnit::try_from(unit).unwrap_or(QuantityUnit::Unspecified) {
+        QuantityUnit::Kilograms => "kg",
+        QuantityUnit::MetricTonnes => "t",
+        QuantityUnit::Pounds => "lb",
+        QuantityUnit::ShortTons => "ton",
+        QuantityUnit::Litres => "L",
+        QuantityUnit::Gallons => "gal",
+        QuantityUnit::CubicMetres => "m3",
+        QuantityUnit::CubicYards => "yd3",
+        QuantityUnit::Unspecified => "?",
+    }
+}
+
 /// A readable status: `in transit (leg 2)`, `received`, ….
 pub fn status_text(state: &pb::ManifestState) -> String {
     match status_of(state) {
@@ -368,5 +391,8 @@ mod tests {
         );
         assert_eq!(method("R1").system, pb::ManagementSystem::EuRdCode as i32);
         assert_eq!(method("C01").system, pb::ManagementSystem::CnMethod as i32);
+        assert_eq!(percent_text(-58), "-0.58 %");
+        assert_eq!(percent_text(-1529), "-15.29 %");
+        assert_eq!(percent_text(5), "+0.05 %");
     }
 }

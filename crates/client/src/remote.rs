@@ -11,6 +11,8 @@ use wasteledger_server::{LedgerServiceClient, MAX_RESPONSE_BYTES, REASON_KEY};
 
 /// Environment variable naming the node to talk to (`HOST:PORT`).
 pub const NODE_ENV: &str = "WASTELEDGER_NODE";
+/// Most events in one `SubmitBatch` call (the API's limit).
+pub const MAX_BATCH: usize = 256;
 /// The node used when none is given: node 1 of the demo network in `config/`.
 pub const DEFAULT_NODE: &str = "127.0.0.1:7201";
 
@@ -157,6 +159,57 @@ impl Remote {
                 Err(s) => return Err(self.err(s)),
             }
         }
+    }
+
+    /// Submits up to [`MAX_BATCH`] events in one call; each is decided on its own and the
+    /// answer has one result per event, in order (a refusal never undoes earlier items).
+    pub async fn submit_batch(
+        &mut self,
+        events: Vec<pb::SignedEvent>,
+    ) -> Result<Vec<Result<pb::Receipt, RemoteError>>, RemoteError> {
+        let count = events.len();
+        let request = pb::SubmitBatchRequest { events };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let response = loop {
+            match self.client.submit_batch(request.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && s.metadata().contains_key(REASON_KEY)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(s) => return Err(self.err(s)),
+            }
+        };
+        if response.results.len() != count {
+            return Err(RemoteError::Refused {
+                code: tonic::Code::Internal,
+                reason: "query.batch_mismatch".into(),
+                message: format!(
+                    "the node answered {} results for {count} events",
+                    response.results.len()
+                ),
+            });
+        }
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(pb::submit_result::Result::Accepted(receipt)) => Ok(receipt),
+                Some(pb::submit_result::Result::Rejected(e)) => Err(RemoteError::Refused {
+                    code: tonic::Code::from(e.code),
+                    reason: e.reason,
+                    message: e.message,
+                }),
+                None => Err(RemoteError::Refused {
+                    code: tonic::Code::Internal,
+                    reason: "query.empty_result".into(),
+                    message: "the node answered an empty result".into(),
+                }),
+            })
+            .collect())
     }
 
     /// A manifest's current state (and its events when `events`).

@@ -527,10 +527,16 @@ async fn manifest_b(
         say(
             out,
             format!(
-                "        line {}: {:+}.{:02} % — a significant discrepancy under the EPA rule (over 10 %)",
+                "        line {}: {}{}.{:02} % — a significant discrepancy under the EPA rule (over 10 %)",
                 d.line_number,
-                d.deviation_bp.unwrap_or(0) / 100,
-                (d.deviation_bp.unwrap_or(0) % 100).abs()
+                // Sign first: the integer part alone loses it below 1 %.
+                if d.deviation_bp.unwrap_or(0) < 0 {
+                    "-"
+                } else {
+                    "+"
+                },
+                d.deviation_bp.unwrap_or(0).unsigned_abs() / 100,
+                d.deviation_bp.unwrap_or(0).unsigned_abs() % 100
             ),
         );
     }

@@ -27,6 +27,10 @@ pub(crate) enum KeyCommand {
     Show {
         /// The key file.
         file: PathBuf,
+        /// Print only the public key's 64 hex characters (for scripts: `$(wasteledger key show
+        /// K --public)`).
+        #[arg(long)]
+        public: bool,
     },
 }
 
@@ -35,9 +39,14 @@ pub(crate) fn run(ctx: &Context, command: KeyCommand) -> CmdResult {
         KeyCommand::Generate { file, party } => {
             keys::generate(&file, party.as_deref()).or_usage()?
         }
-        KeyCommand::Show { file } => {
+        KeyCommand::Show { file, public } => {
             let (key, party) = keys::load(&file).or_usage()?;
-            keys::describe(&key, &file, party)
+            let info = keys::describe(&key, &file, party);
+            if public {
+                ctx.out.say(&info.public_key);
+                return Ok(());
+            }
+            info
         }
     };
     if ctx.out.json_mode() {

@@ -12,7 +12,6 @@ use wasteledger_client::event_file::EventFile;
 use wasteledger_client::files;
 use wasteledger_client::report::iso_time;
 use wasteledger_core::pb::{self, event_body::Kind};
-use wasteledger_core::signing::SigningKey;
 use wasteledger_core::tracking::Tracking;
 
 use super::{Context, SignArgs, finish, load_keys, print_event_file, print_receipt};
@@ -566,6 +565,10 @@ fn event_on(
     finish(ctx, &genesis, &body, sign)
 }
 
+/// Manifests per `SubmitBatch` call in an import: small enough that the progress bar moves
+/// and one call stays well inside the API's 256-event and request-size limits.
+const IMPORT_BATCH: usize = 32;
+
 /// One line of an import's result.
 #[derive(serde::Serialize)]
 struct ImportResult {
@@ -589,24 +592,72 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let results: Vec<ImportResult> = ctx.remote(async |r| {
-        let mut results = Vec::new();
-        for (line, parsed) in lines {
-            let result = match parsed {
-                Err(e) => ImportResult {
+    // Valid lines are signed here and sent in batches: one round trip per batch, and the
+    // node still decides (and reports) every manifest on its own.
+    let mut results: Vec<ImportResult> = Vec::new();
+    let mut pending: Vec<(usize, Option<String>, pb::SignedEvent)> = Vec::new();
+    for (line, parsed) in lines {
+        match parsed.and_then(|m| {
+            let number = m
+                .tracking_number
+                .as_ref()
+                .and_then(|t| Tracking::from_pb(t).ok())
+                .map(|t| t.to_string());
+            creation_body(&m)
+                .map(|b| (number, b))
+                .map_err(|e| files::FileError::Syntax {
+                    path: format!("line {line}"),
+                    message: e.to_string(),
+                })
+        }) {
+            Ok((number, body)) => pending.push((
+                line,
+                number,
+                wasteledger_core::compose::sign_event(&genesis.ledger_id, &body, &[&key]),
+            )),
+            Err(e) => {
+                bar.inc(1);
+                results.push(ImportResult {
                     line,
                     tracking_number: None,
                     result: "invalid".into(),
                     index: None,
                     error: Some(e.to_string()),
-                },
-                Ok(m) => submit_creation(r, &genesis, &key, line, &m).await?,
-            };
-            bar.inc(1);
-            results.push(result);
+                });
+            }
         }
-        Ok(results)
-    })?;
+    }
+    if !pending.is_empty() {
+        let submitted = ctx.remote(async |r| {
+            let mut out = Vec::new();
+            for chunk in pending.chunks(IMPORT_BATCH) {
+                let events = chunk.iter().map(|(_, _, e)| e.clone()).collect();
+                let answers = r.submit_batch(events).await?;
+                for ((line, number, _), answer) in chunk.iter().zip(answers) {
+                    out.push(match answer {
+                        Ok(receipt) => ImportResult {
+                            line: *line,
+                            tracking_number: number.clone(),
+                            result: "recorded".into(),
+                            index: Some(receipt.index),
+                            error: None,
+                        },
+                        Err(e) => ImportResult {
+                            line: *line,
+                            tracking_number: number.clone(),
+                            result: "refused".into(),
+                            index: None,
+                            error: Some(e.to_string()),
+                        },
+                    });
+                }
+                bar.inc(chunk.len() as u64);
+            }
+            Ok(out)
+        })?;
+        results.extend(submitted);
+    }
+    results.sort_by_key(|r| r.line);
     bar.finish_and_clear();
     let invalid = results.iter().filter(|r| r.result == "invalid").count();
     let refused = results.iter().filter(|r| r.result == "refused").count();
@@ -648,40 +699,6 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
     }
 }
 
-async fn submit_creation(
-    r: &mut wasteledger_client::remote::Remote,
-    genesis: &wasteledger_core::genesis::Genesis,
-    key: &SigningKey,
-    line: usize,
-    m: &pb::Manifest,
-) -> Result<ImportResult, Failure> {
-    let number = m
-        .tracking_number
-        .as_ref()
-        .and_then(|t| Tracking::from_pb(t).ok())
-        .map(|t| t.to_string());
-    let body = creation_body(m).or_usage()?;
-    let event = wasteledger_core::compose::sign_event(&genesis.ledger_id, &body, &[key]);
-    Ok(match r.submit(&event).await {
-        Ok(receipt) => ImportResult {
-            line,
-            tracking_number: number,
-            result: "recorded".into(),
-            index: Some(receipt.index),
-            error: None,
-        },
-        Err(e @ wasteledger_client::remote::RemoteError::Refused { .. }) => ImportResult {
-            line,
-            tracking_number: number,
-            result: "refused".into(),
-            index: None,
-            error: Some(e.to_string()),
-        },
-        // Unreachable mid-import: stop, the rest would fail the same way.
-        Err(e) => return Err(e.into()),
-    })
-}
-
 fn party_id(p: &Option<pb::ManifestParty>) -> String {
     p.as_ref()
         .map(|p| p.registry_id.clone())
@@ -691,12 +708,10 @@ fn party_id(p: &Option<pb::ManifestParty>) -> String {
 fn quantity_text(q: &Option<pb::Quantity>) -> String {
     q.as_ref()
         .map(|q| {
-            let unit = pb::QuantityUnit::try_from(q.unit)
-                .map(wasteledger_core::quantity::unit_code)
-                .unwrap_or("?");
             format!(
-                "{} {unit}{}",
+                "{} {}{}",
                 q.amount,
+                compose::unit_text(q.unit),
                 if q.estimated { " (est.)" } else { "" }
             )
         })
@@ -761,7 +776,7 @@ fn show(ctx: &Context, s: &pb::ManifestState) -> CmdResult {
                     .map_or_else(String::new, |d| {
                         let dev = d
                             .deviation_bp
-                            .map(|bp| format!("{:+}.{:02} %", bp / 100, (bp % 100).abs()))
+                            .map(compose::percent_text)
                             .unwrap_or_default();
                         let mut parts = vec![dev];
                         if d.piece_difference != 0 {

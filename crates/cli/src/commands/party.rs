@@ -18,7 +18,7 @@ pub(crate) enum PartyCommand {
     /// Register a party with its first public key; signed by a genesis authority key.
     Register {
         /// The party record: a .toml or .json `wasteledger.v1.Party` (see
-        /// docs/examples/party.toml).
+        /// docs/examples/parties/).
         #[arg(long)]
         file: PathBuf,
         /// The party's public key (64 hex, from `wasteledger key show`).
