@@ -505,6 +505,87 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     ])
     .fails(3, "custody.");
 
+    // Rejected at the gate (facility and carrier sign, on two machines) and taken on to the
+    // alternate facility on the same manifest.
+    let third = std::fs::read_to_string(manifest)
+        .unwrap()
+        .replace("20261502000101", "20261502000103");
+    std::fs::write(d.join("third.toml"), third).unwrap();
+    let m3 = "cn:20261502000103";
+    run(&[
+        "manifest",
+        "create",
+        "--file",
+        "third.toml",
+        "-k",
+        &key(ids::GENERATOR),
+    ])
+    .ok();
+    run(&[
+        "manifest",
+        "handoff",
+        m3,
+        "-k",
+        &key(ids::GENERATOR),
+        "-k",
+        &key(ids::ROAD),
+    ])
+    .ok();
+    run(&[
+        "manifest",
+        "handoff",
+        m3,
+        "-k",
+        &key(ids::ROAD),
+        "-k",
+        &key(ids::RAIL),
+    ])
+    .ok();
+    run(&[
+        "manifest",
+        "reject",
+        m3,
+        "--scope",
+        "full",
+        "--to",
+        "alternate",
+        "--on-site",
+        "--reason",
+        "drums leaking",
+        "-k",
+        &key(ids::FACILITY),
+        "-o",
+        "reject.json",
+    ])
+    .ok();
+    run(&["manifest", "sign", "reject.json", "-k", &key(ids::RAIL)]).ok();
+    run(&["manifest", "submit", "reject.json"]).ok();
+    run(&[
+        "manifest",
+        "handoff",
+        m3,
+        "-k",
+        &key(ids::RAIL),
+        "-k",
+        &key(ids::ALTERNATE),
+    ])
+    .ok();
+    run(&[
+        "manifest",
+        "receive",
+        m3,
+        "-k",
+        &key(ids::ALTERNATE),
+        "--line",
+        "1:8.5:t:1",
+        "--line",
+        "2:1800:kg:12",
+    ])
+    .ok();
+    let state = run(&["-O", "json", "manifest", "show", m3]).ok().json();
+    assert_eq!(state["status"], "MANIFEST_STATUS_RECEIVED", "{state}");
+    assert_eq!(state["destination"], ids::ALTERNATE);
+
     // The regulator downloads the proof and verifies it offline: VERIFIED, exit 0.
     let got = run(&["-O", "json", "proof", "get", NUMBER, "-o", "bundle.pb"])
         .ok()
@@ -527,14 +608,16 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     assert_eq!(failed.code, 1);
     assert_eq!(failed.json()["result"], "FAILED");
 
-    // Bulk import from JSON Lines: per-line results; a bad line and a duplicate are reported
-    // without stopping the others (exit 2 because one line is invalid).
+    // Bulk import from JSON Lines: per-line results; a malformed line, a number repeated in the
+    // file and a manifest already on the ledger are reported without stopping the others
+    // (exit 2 because lines are invalid).
     let line = |n: &str| serde_json::to_string(&cluster.net.manifest(n, &[ids::ROAD])).unwrap();
     let jsonl = format!(
-        "{}\n{}\n{{\"lines\": 5}}\n{}\n",
+        "{}\n{}\n{{\"lines\": 5}}\n{}\n{}\n",
         line("20261502000201"),
         line("20261502000202"),
-        line("20261502000201")
+        line("20261502000201"),
+        line("20261502000101")
     );
     std::fs::write(d.join("import.jsonl"), jsonl).unwrap();
     let import = run(&[
@@ -554,7 +637,10 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
         .iter()
         .map(|r| r["result"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(results, ["recorded", "recorded", "invalid", "refused"]);
+    assert_eq!(
+        results,
+        ["recorded", "recorded", "invalid", "invalid", "refused"]
+    );
 
     // Listing pages through every result with the cursor (one manifest per page here).
     let all = run(&[
@@ -580,6 +666,7 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
         [
             "20261502000101",
             "20261502000102",
+            "20261502000103",
             "20261502000201",
             "20261502000202"
         ]

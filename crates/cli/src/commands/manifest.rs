@@ -596,6 +596,9 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
     // node still decides (and reports) every manifest on its own.
     let mut results: Vec<ImportResult> = Vec::new();
     let mut pending: Vec<(usize, Option<String>, pb::SignedEvent)> = Vec::new();
+    // A tracking number twice in one file is a mistake in the file: report it as such rather
+    // than let two creations race (and, signed in the same millisecond, be the same event).
+    let mut first_line: std::collections::BTreeMap<String, usize> = Default::default();
     for (line, parsed) in lines {
         match parsed.and_then(|m| {
             let number = m
@@ -603,6 +606,15 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
                 .as_ref()
                 .and_then(|t| Tracking::from_pb(t).ok())
                 .map(|t| t.to_string());
+            if let Some(n) = &number
+                && let Some(first) = first_line.insert(n.clone(), line)
+            {
+                first_line.insert(n.clone(), first);
+                return Err(files::FileError::Syntax {
+                    path: format!("{} line {line}", file.display()),
+                    message: format!("tracking number {n} already appears on line {first}"),
+                });
+            }
             creation_body(&m)
                 .map(|b| (number, b))
                 .map_err(|e| files::FileError::Syntax {
