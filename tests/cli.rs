@@ -347,6 +347,21 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     .json();
     assert_eq!(signed["signatures"].as_array().unwrap().len(), 2);
     run(&["manifest", "submit", "pickup.json"]).ok();
+    // The road carrier reports a weigh station en route.
+    run(&[
+        "manifest",
+        "transit",
+        NUMBER,
+        "--kind",
+        "weigh-station",
+        "--description",
+        "G6 weigh station",
+        "--position",
+        "40.657,109.84",
+        "-k",
+        &key(ids::ROAD),
+    ])
+    .ok();
     // Road -> rail with both keys on one machine; rail -> facility across two files again.
     run(&[
         "manifest",
@@ -463,6 +478,7 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
         [
             "ManifestCreated",
             "CustodyHandoff",
+            "TransitCheckpoint",
             "CustodyHandoff",
             "CustodyHandoff",
             "Received",
@@ -597,7 +613,7 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
         .ok()
         .json();
     assert_eq!(report["result"], "VERIFIED");
-    assert_eq!(report["timeline"].as_array().unwrap().len(), 10);
+    assert_eq!(report["timeline"].as_array().unwrap().len(), 11);
     // One flipped byte anywhere in the middle: FAILED, exit 1.
     let mut bytes = std::fs::read(d.join("bundle.pb")).unwrap();
     let middle = bytes.len() / 2;

@@ -133,6 +133,41 @@ pub fn parse_received_line(spec: &str) -> Result<pb::ReceivedLine, ComposeError>
     })
 }
 
+/// Parses `LATITUDE,LONGITUDE` in decimal degrees into micro-degrees, exactly (decimal text is
+/// scaled as text: no floating point enters a signed body).
+pub fn parse_position(text: &str) -> Result<pb::GeoPoint, ComposeError> {
+    const FORM: &str =
+        "LATITUDE,LONGITUDE in decimal degrees with at most 6 decimals, e.g. 40.657,109.84";
+    let micro = |part: &str, limit: i64| -> Option<i64> {
+        let part = part.trim();
+        let (negative, digits) = match part.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, part),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        if whole.is_empty()
+            || fraction.len() > 6
+            || !whole
+                .bytes()
+                .chain(fraction.bytes())
+                .all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let whole: i64 = whole.parse().ok()?;
+        let fraction: i64 = format!("{fraction:0<6}").parse().ok()?;
+        let value = whole.checked_mul(1_000_000)?.checked_add(fraction)?;
+        (value <= limit * 1_000_000).then_some(if negative { -value } else { value })
+    };
+    let (lat, lon) = text
+        .split_once(',')
+        .ok_or_else(|| value_err("--position", text, FORM))?;
+    Ok(pb::GeoPoint {
+        latitude_micro_deg: micro(lat, 90).ok_or_else(|| value_err("--position", text, FORM))?,
+        longitude_micro_deg: micro(lon, 180).ok_or_else(|| value_err("--position", text, FORM))?,
+    })
+}
+
 /// The management-method system a code belongs to: `H040` → EPA, `R1`/`D10` → EU, else China.
 pub fn method(code: &str) -> pb::ManagementMethod {
     let b = code.as_bytes();
@@ -376,6 +411,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_examples_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples");
+        let m = crate::files::read_manifest(&dir.join("manifest.toml")).unwrap();
+        assert_eq!(m.lines.len(), 2);
+        let mut parties = 0;
+        for entry in std::fs::read_dir(dir.join("parties")).unwrap() {
+            let path = entry.unwrap().path();
+            let p = crate::files::read_party(&path).unwrap();
+            assert!(path.ends_with(format!("{}.toml", p.registry_id)));
+            parties += 1;
+        }
+        assert_eq!(parties, 6);
+    }
+
+    #[test]
     fn line_specs_parse_or_explain() {
         let r = parse_received_line("2:1790:kg:12").unwrap();
         assert_eq!((r.line_number, r.container_count), (2, 12));
@@ -392,6 +442,14 @@ mod tests {
         assert_eq!(method("R1").system, pb::ManagementSystem::EuRdCode as i32);
         assert_eq!(method("C01").system, pb::ManagementSystem::CnMethod as i32);
         assert_eq!(percent_text(-58), "-0.58 %");
+        let p = parse_position("40.657,-109.84").unwrap();
+        assert_eq!(
+            (p.latitude_micro_deg, p.longitude_micro_deg),
+            (40_657_000, -109_840_000)
+        );
+        assert!(parse_position("91,0").is_err());
+        assert!(parse_position("4e1,0").is_err());
+        assert!(parse_position("40.1234567,0").is_err());
         assert_eq!(percent_text(-1529), "-15.29 %");
         assert_eq!(percent_text(5), "+0.05 %");
     }

@@ -65,6 +65,27 @@ pub(crate) enum ManifestCommand {
         #[command(flatten)]
         sign: SignArgs,
     },
+    /// The transporter holding the load records a position report, weigh station, border
+    /// crossing, incident or delay en route.
+    Transit {
+        /// Tracking number, SCHEME:NUMBER.
+        tracking_number: String,
+        /// What kind of report.
+        #[arg(long, value_enum)]
+        kind: TransitKind,
+        /// What happened, in words.
+        #[arg(long)]
+        description: String,
+        /// Where, as LATITUDE,LONGITUDE in decimal degrees (e.g. 40.657,109.84); stored in
+        /// micro-degrees so no floating point enters the signed bytes.
+        #[arg(long)]
+        position: Option<String>,
+        /// Evidence file (weighbridge ticket, photo, GPS track), anchored by hash (repeatable).
+        #[arg(long)]
+        evidence: Vec<PathBuf>,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
     /// Add your signature to an event file another party prepared (after checking theirs).
     Sign {
         /// The event file; updated in place unless -o is given.
@@ -220,6 +241,21 @@ pub(crate) enum ManifestCommand {
     },
 }
 
+/// Kinds of transit report.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum TransitKind {
+    /// A position report.
+    Position,
+    /// Weighed at a weigh station.
+    WeighStation,
+    /// Crossed a border.
+    BorderCrossing,
+    /// An incident (spill, accident).
+    Incident,
+    /// A delay.
+    Delay,
+}
+
 /// Rejection scope.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum Scope {
@@ -330,6 +366,39 @@ pub(crate) fn run(ctx: &Context, command: ManifestCommand) -> CmdResult {
                     observed: observed.clone(),
                     evidence: vec![],
                     vehicle_id: vehicle.clone().unwrap_or_default(),
+                }))
+            })
+        }
+        ManifestCommand::Transit {
+            tracking_number,
+            kind,
+            description,
+            position,
+            evidence,
+            sign,
+        } => {
+            let location = position
+                .map(|p| compose::parse_position(&p))
+                .transpose()
+                .or_usage()?;
+            let evidence = evidence
+                .iter()
+                .map(|p| evidence_for_file(p, pb::EvidenceKind::Other))
+                .collect::<Result<Vec<_>, _>>()
+                .or_usage()?;
+            let kind = match kind {
+                TransitKind::Position => pb::TransitCheckpointKind::Position,
+                TransitKind::WeighStation => pb::TransitCheckpointKind::WeighStation,
+                TransitKind::BorderCrossing => pb::TransitCheckpointKind::BorderCrossing,
+                TransitKind::Incident => pb::TransitCheckpointKind::Incident,
+                TransitKind::Delay => pb::TransitCheckpointKind::Delay,
+            };
+            event_on(ctx, &tracking_number, &sign, |_| {
+                Ok(Kind::TransitCheckpoint(pb::TransitCheckpoint {
+                    location,
+                    description: description.clone(),
+                    kind: kind as i32,
+                    evidence: evidence.clone(),
                 }))
             })
         }

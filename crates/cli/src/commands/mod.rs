@@ -124,6 +124,7 @@ pub(crate) fn print_event_file(
     let mut rows = vec![
         ("event", file.kind.clone()),
         ("subject", file.subject.clone()),
+        ("says", content_text(file)),
         ("event hash", file.event_hash.clone()),
         ("signed by", signers.join(", ")),
     ];
@@ -158,4 +159,29 @@ pub(crate) fn print_receipt(
         hex::encode(&r.event_hash)
     ));
     Ok(())
+}
+
+/// What the event says (its kind's fields, decoded from the signed bytes), short enough for a
+/// table: the co-signer reads this before adding a signature; the full view is in the file.
+fn content_text(file: &EventFile) -> String {
+    const MAX: usize = 600;
+    let content = file
+        .body_view
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "subject" | "prev_event_hash" | "occurred_at")
+                })
+                .map(|(_, v)| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    if content.chars().count() > MAX {
+        let cut: String = content.chars().take(MAX).collect();
+        format!("{cut}… (full text under body_view in the file)")
+    } else {
+        content
+    }
 }
