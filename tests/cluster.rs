@@ -317,7 +317,8 @@ async fn no_commit_without_quorum_and_tampered_node_refuses_to_serve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run by hand in release"]
 async fn load_figures() {
-    let cluster = std::sync::Arc::new(Cluster::start(Path::new(BIN), 3));
+    // Production timings: the test cluster's snapshot every 50 entries would dominate.
+    let cluster = std::sync::Arc::new(Cluster::start_with_raft(Path::new(BIN), 3, ""));
     register_parties(&cluster, &[1]).await;
     let leader = cluster.head(1).await.expect("head").leader_id;
     let mut serial = 100u32;

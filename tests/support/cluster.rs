@@ -20,6 +20,9 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The `[raft]` section of test clusters.
+pub const TEST_RAFT: &str = "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_every = 50\nkeep_logs_after_snapshot = 10\n";
+
 /// One node's fixed addresses and files.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -47,8 +50,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes genesis, keys and configs for `n` nodes (node 1 bootstraps) and starts them all.
+    /// Writes genesis, keys and configs for `n` nodes (node 1 bootstraps) and starts them all,
+    /// with test timings: fast elections, and a snapshot every 50 entries so that tests
+    /// exercise snapshots and log purges.
     pub fn start(binary: &Path, n: u64) -> Cluster {
+        Cluster::start_with_raft(binary, n, TEST_RAFT)
+    }
+
+    /// [`Cluster::start`] with the given `[raft]` configuration section (`""` = the
+    /// production defaults, which measurements must use).
+    pub fn start_with_raft(binary: &Path, n: u64, raft_section: &str) -> Cluster {
         let net = SampleNetwork::new().expect("sample network");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("genesis.pb"), &net.genesis_bytes).expect("genesis");
@@ -84,7 +95,7 @@ impl Cluster {
                     peer.id, peer.raft, peer.api
                 ));
             }
-            text.push_str("[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_every = 50\nkeep_logs_after_snapshot = 10\n");
+            text.push_str(raft_section);
             std::fs::write(&spec.config, text).expect("config");
         }
         let mut cluster = Cluster {
@@ -118,6 +129,11 @@ impl Cluster {
             .spawn()
             .expect("spawn wasteledger node");
         self.procs.insert(id, child);
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.procs.get(&id).map(|c| c.id())
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

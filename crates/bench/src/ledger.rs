@@ -1,0 +1,299 @@
+//! The WasteLedger workload: realistic signed manifest lifecycles (creation, pickup, delivery,
+//! receipt, treatment), signed before timing starts, submitted by concurrent clients that each
+//! wait for every acknowledgement, against a 3-node cluster of separate processes.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use wasteledger_core::pb::{self, event_body::Kind};
+use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
+use wasteledger_server::LedgerServiceClient;
+use wasteledger_tests::cluster::Cluster;
+
+use crate::stats::{RunReport, Sample, cpu_seconds, dir_bytes, summarise};
+
+/// Events in one lifecycle.
+pub(crate) const EVENTS_PER_LIFECYCLE: usize = 5;
+
+/// One manifest's events in chain order.
+pub(crate) type Lifecycle = Vec<pb::SignedEvent>;
+
+/// Signs `count` lifecycles numbered from `first` (CN tracking numbers, city code varied so
+/// that up to 100 million fit).
+pub(crate) fn lifecycles(net: &SampleNetwork, first: u64, count: u64) -> anyhow::Result<Vec<Lifecycle>> {
+    let mut out = Vec::with_capacity(count as usize);
+    for n in first..first + count {
+        let number = format!("2026{:02}{:02}{:06}", 15, 10 + (n / 1_000_000) % 90, n % 1_000_000);
+        let start = T0 + (n as i64 % 1000) * HOUR;
+        let mut flow = ManifestFlow::new(net, &number, start)
+            .map_err(|e| anyhow!("tracking number {number}: {e}"))?;
+        let steps: [(Kind, &[&str]); EVENTS_PER_LIFECYCLE] = [
+            (
+                Kind::ManifestCreated(pb::ManifestCreated {
+                    manifest: Some(net.manifest(&number, &[ids::ROAD])),
+                }),
+                &[ids::GENERATOR],
+            ),
+            (
+                ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+                &[ids::GENERATOR, ids::ROAD],
+            ),
+            (
+                ManifestFlow::handoff(ids::ROAD, ids::FACILITY),
+                &[ids::ROAD, ids::FACILITY],
+            ),
+            (ManifestFlow::received("8.5", "1800", 12), &[ids::FACILITY]),
+            (
+                // Each event states an hour after the previous; treatment (the
+                // fifth) is certified complete half an hour before it is recorded.
+                ManifestFlow::treated(&[1, 2], start + 3 * HOUR + HOUR / 2),
+                &[ids::FACILITY],
+            ),
+        ];
+        let mut events = Vec::with_capacity(EVENTS_PER_LIFECYCLE);
+        for (kind, signers) in steps {
+            let event = flow.event(kind, signers);
+            flow.accept(&event);
+            events.push(event);
+        }
+        out.push(events);
+    }
+    Ok(out)
+}
+
+/// What a run needs of the cluster.
+pub(crate) struct Target {
+    /// API address of the node the clients write to (the leader).
+    pub(crate) api: String,
+}
+
+/// Drives `lifecycles` with `clients` concurrent clients (each submits one lifecycle at a
+/// time, event by event), stopping after `duration` if given. Returns the latency samples and
+/// the start time.
+pub(crate) async fn drive(
+    target: &Target,
+    clients: usize,
+    lifecycles: Vec<Lifecycle>,
+    duration: Option<Duration>,
+) -> anyhow::Result<(Instant, Vec<Sample>)> {
+    let queue = Arc::new(Mutex::new(VecDeque::from(lifecycles)));
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let queue = queue.clone();
+        let api = target.api.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = LedgerServiceClient::connect(format!("http://{api}"))
+                .await
+                .with_context(|| format!("connect to {api}"))?;
+            let mut samples = Vec::new();
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let next = queue.lock().map_err(|_| anyhow!("queue poisoned"))?.pop_front();
+                let Some(events) = next else { break };
+                for event in events {
+                    let t = Instant::now();
+                    client
+                        .submit(event)
+                        .await
+                        .map_err(|s| anyhow!("submit refused: {:?} {}", s.code(), s.message()))?;
+                    samples.push(Sample {
+                        done: Instant::now(),
+                        latency: t.elapsed(),
+                    });
+                }
+            }
+            Ok::<_, anyhow::Error>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("client task")??);
+    }
+    Ok((started, all))
+}
+
+/// Options of a WasteLedger benchmark.
+pub(crate) struct LedgerBench {
+    /// The `wasteledger` binary.
+    pub(crate) binary: std::path::PathBuf,
+    /// Concurrency levels, run in order on the same cluster.
+    pub(crate) clients: Vec<usize>,
+    /// Events per concurrency level (rounded up to whole lifecycles).
+    pub(crate) events: u64,
+    /// Optional time cap per level.
+    pub(crate) duration: Option<Duration>,
+    /// Window size for throughput-over-history, in events (0 = none).
+    pub(crate) window: usize,
+    /// Custody proofs to fetch and verify at the end (0 = skip).
+    pub(crate) proofs: usize,
+    /// Measure a node restart at the end.
+    pub(crate) restart: bool,
+}
+
+/// Extra figures measured once per benchmark.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Extras {
+    /// Final ledger size, agreed by all three nodes.
+    pub(crate) final_size: u64,
+    /// Seconds from restarting a stopped follower to it serving the full ledger.
+    pub(crate) restart_seconds: Option<f64>,
+    /// Custody proofs fetched per second (one client).
+    pub(crate) proof_fetches_per_sec: Option<f64>,
+    /// Custody proofs verified offline per second, on one core.
+    pub(crate) proof_verifications_per_sec: Option<f64>,
+}
+
+/// Runs the benchmark; prints nothing.
+pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, Extras)> {
+    if !opts.binary.exists() {
+        bail!(
+            "{} not found; build it first: cargo build --release -p wasteledger",
+            opts.binary.display()
+        );
+    }
+    let mut cluster = Cluster::start_with_raft(&opts.binary, 3, "");
+    let leader = wait_leader(&cluster).await?;
+    let api = cluster.specs[&leader].api.clone();
+    for event in cluster.net.registrations() {
+        cluster
+            .submit(leader, &event, Duration::from_secs(30))
+            .await
+            .map_err(|s| anyhow!("registration refused: {s:?}"))?;
+    }
+    let target = Target { api };
+    let mut reports = Vec::new();
+    let mut next_serial = 1u64;
+    for &clients in &opts.clients {
+        let count = opts.events.div_ceil(EVENTS_PER_LIFECYCLE as u64);
+        let work = lifecycles(&cluster.net, next_serial, count)?;
+        next_serial += count;
+        let cpu_before: Vec<f64> = (1..=3)
+            .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
+            .collect();
+        let (started, samples) = drive(&target, clients, work, opts.duration).await?;
+        let mut report = summarise("wasteledger", clients, started, samples, opts.window);
+        report.cpu_seconds = (1..=3)
+            .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
+            .zip(cpu_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        let head = cluster
+            .head(leader)
+            .await
+            .ok_or_else(|| anyhow!("leader stopped answering"))?;
+        report.bytes_per_op = (1..=3)
+            .map(|id| dir_bytes(&cluster.specs[&id].data_dir) as f64 / head.size.max(1) as f64)
+            .collect();
+        reports.push(report);
+    }
+    let head = cluster
+        .converged(&[1, 2, 3], 1, Duration::from_secs(120))
+        .await
+        .ok_or_else(|| anyhow!("the three nodes did not converge on one root"))?;
+    let mut extras = Extras {
+        final_size: head.size,
+        restart_seconds: None,
+        proof_fetches_per_sec: None,
+        proof_verifications_per_sec: None,
+    };
+    if opts.proofs > 0 {
+        let (fetch, verify) = proofs(&cluster, leader, opts.proofs, next_serial - 1).await?;
+        extras.proof_fetches_per_sec = Some(fetch);
+        extras.proof_verifications_per_sec = Some(verify);
+    }
+    if opts.restart {
+        let follower = (1..=3).find(|id| *id != leader).unwrap_or(2);
+        if cluster.stop(follower) != Some(0) {
+            bail!("node {follower} did not stop cleanly");
+        }
+        let t = Instant::now();
+        cluster.start_node(follower);
+        let deadline = t + Duration::from_secs(600);
+        loop {
+            if let Some(h) = cluster.head(follower).await
+                && h.size == head.size
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {follower} did not come back within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        extras.restart_seconds = Some(t.elapsed().as_secs_f64());
+    }
+    Ok((reports, extras))
+}
+
+async fn wait_leader(cluster: &Cluster) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(h) = cluster.head(1).await
+            && h.leader_id != 0
+        {
+            return Ok(h.leader_id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader within 30 s; see the node logs")
+}
+
+/// Fetches `count` custody proofs (waiting for a checkpoint that covers them), then verifies
+/// them offline in a loop on this thread for about two seconds.
+async fn proofs(
+    cluster: &Cluster,
+    leader: u64,
+    count: usize,
+    last_serial: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let mut client = cluster
+        .client(leader)
+        .await
+        .ok_or_else(|| anyhow!("leader unreachable"))?;
+    let numbers: Vec<String> = (1..=last_serial.min(count as u64))
+        .map(|n| format!("2026{:02}{:02}{:06}", 15, 10 + (n / 1_000_000) % 90, n % 1_000_000))
+        .collect();
+    let mut bundles = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let t = Instant::now();
+    for number in &numbers {
+        loop {
+            let request = pb::GetCustodyProofRequest {
+                tracking_number: Some(pb::TrackingNumber {
+                    scheme: pb::TrackingScheme::Cn as i32,
+                    number: number.clone(),
+                }),
+                consistency: 0,
+            };
+            match client.get_custody_proof(request).await {
+                Ok(p) => {
+                    bundles.push(p.into_inner());
+                    break;
+                }
+                // Not checkpointed yet: witnesses cosign about once a second.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => bail!("custody proof of {number}: {s:?}"),
+            }
+        }
+    }
+    let fetch_rate = bundles.len() as f64 / t.elapsed().as_secs_f64();
+    let genesis = &cluster.net.genesis;
+    let t = Instant::now();
+    let mut verified = 0usize;
+    while t.elapsed() < Duration::from_secs(2) {
+        for b in &bundles {
+            wasteledger_core::proof::verify_custody_proof(b, genesis)
+                .map_err(|e| anyhow!("a fetched proof does not verify: {e}"))?;
+            verified += 1;
+        }
+    }
+    Ok((fetch_rate, verified as f64 / t.elapsed().as_secs_f64()))
+}
