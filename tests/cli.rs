@@ -199,9 +199,32 @@ fn offline_commands_and_bad_input() {
         ],
     )
     .fails(2, "nokey.key");
+    // The same manifest as JSON (protobuf-JSON, as exports write it) is valid too.
+    let net = wasteledger_core::sample::SampleNetwork::new().unwrap();
+    let json = serde_json::to_string_pretty(&net.manifest("20261502000001", &[ids::ROAD])).unwrap();
+    std::fs::write(d.join("m.json"), json).unwrap();
+    wl(
+        d,
+        none,
+        &["manifest", "create", "--check", "--file", "m.json"],
+    )
+    .ok();
+    // A key file that is not one, and a malformed node address.
+    std::fs::write(d.join("garbage.key"), "not a key\n").unwrap();
+    wl(d, none, &["key", "show", "garbage.key"]).fails(2, "64 hex characters");
+    wl(d, "not an address", &["manifest", "show", NUMBER]).fails(2, "HOST:PORT");
     // No node listening: exit 3 with what to do.
     wl(d, none, &["manifest", "show", NUMBER]).fails(3, "--node");
     wl(d, none, &["manifest", "show", "20261502000101"]).fails(2, "SCHEME:NUMBER");
+    wl(
+        d,
+        none,
+        &[
+            "manifest", "create", "--file", "m.json", "-k", "a.key", "-o", "e.json",
+        ],
+    )
+    .ok();
+    wl(d, none, &["manifest", "submit", "e.json"]).fails(3, "cannot reach");
     // Usage errors are exit 2 too; completions print a script.
     wl(d, none, &["manifest", "frobnicate"]).fails(2, "frobnicate");
     let completions = wl(d, none, &["completions", "bash"]).ok();

@@ -47,7 +47,8 @@ pub(crate) async fn drive(
                 let key = format!("bench/{c:04}/{n:012}").into_bytes();
                 let mut value = vec![b'x'; value_size];
                 let tag = n.to_be_bytes();
-                value[..tag.len().min(value_size)].copy_from_slice(&tag[..tag.len().min(value_size)]);
+                value[..tag.len().min(value_size)]
+                    .copy_from_slice(&tag[..tag.len().min(value_size)]);
                 let t = Instant::now();
                 client
                     .put(pb::PutRequest {

@@ -22,10 +22,19 @@ pub(crate) type Lifecycle = Vec<pb::SignedEvent>;
 
 /// Signs `count` lifecycles numbered from `first` (CN tracking numbers, city code varied so
 /// that up to 100 million fit).
-pub(crate) fn lifecycles(net: &SampleNetwork, first: u64, count: u64) -> anyhow::Result<Vec<Lifecycle>> {
+pub(crate) fn lifecycles(
+    net: &SampleNetwork,
+    first: u64,
+    count: u64,
+) -> anyhow::Result<Vec<Lifecycle>> {
     let mut out = Vec::with_capacity(count as usize);
     for n in first..first + count {
-        let number = format!("2026{:02}{:02}{:06}", 15, 10 + (n / 1_000_000) % 90, n % 1_000_000);
+        let number = format!(
+            "2026{:02}{:02}{:06}",
+            15,
+            10 + (n / 1_000_000) % 90,
+            n % 1_000_000
+        );
         let start = T0 + (n as i64 % 1000) * HOUR;
         let mut flow = ManifestFlow::new(net, &number, start)
             .map_err(|e| anyhow!("tracking number {number}: {e}"))?;
@@ -94,7 +103,10 @@ pub(crate) async fn drive(
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let next = queue.lock().map_err(|_| anyhow!("queue poisoned"))?.pop_front();
+                let next = queue
+                    .lock()
+                    .map_err(|_| anyhow!("queue poisoned"))?
+                    .pop_front();
                 let Some(events) = next else { break };
                 for event in events {
                     let t = Instant::now();
@@ -257,7 +269,14 @@ async fn proofs(
         .await
         .ok_or_else(|| anyhow!("leader unreachable"))?;
     let numbers: Vec<String> = (1..=last_serial.min(count as u64))
-        .map(|n| format!("2026{:02}{:02}{:06}", 15, 10 + (n / 1_000_000) % 90, n % 1_000_000))
+        .map(|n| {
+            format!(
+                "2026{:02}{:02}{:06}",
+                15,
+                10 + (n / 1_000_000) % 90,
+                n % 1_000_000
+            )
+        })
         .collect();
     let mut bundles = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);

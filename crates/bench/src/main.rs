@@ -157,7 +157,13 @@ async fn main() -> anyhow::Result<()> {
                     load.duration.map(Duration::from_secs),
                 )
                 .await?;
-                reports.push(stats::summarise("etcd", clients, started, samples, load.window));
+                reports.push(stats::summarise(
+                    "etcd",
+                    clients,
+                    started,
+                    samples,
+                    load.window,
+                ));
             }
             if load.json {
                 let out = serde_json::json!({ "runs": reports });

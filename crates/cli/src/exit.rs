@@ -54,8 +54,13 @@ impl Failure {
 impl From<RemoteError> for Failure {
     fn from(e: RemoteError) -> Failure {
         let hint = e.hint().map(str::to_owned);
+        // A malformed --node is the user's typo, not the server's doing.
+        let code = match e {
+            RemoteError::Address(_) => USAGE,
+            _ => REMOTE,
+        };
         Failure {
-            code: REMOTE,
+            code,
             error: e.into(),
             hint,
         }
