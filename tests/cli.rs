@@ -715,6 +715,24 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
         .json();
     assert_eq!(treated.as_array().unwrap().len(), 1);
     run(&["manifest", "list"]).ok();
+    let since = run(&[
+        "-O",
+        "json",
+        "manifest",
+        "list",
+        "--time",
+        "treated",
+        "--from",
+        "2026-01-01",
+        "--code-system",
+        "cn-hw-category",
+        "--waste-code",
+        "HW08",
+    ])
+    .ok()
+    .json();
+    assert_eq!(since.as_array().unwrap().len(), 1, "{since}");
+    run(&["manifest", "list", "--from", "last tuesday"]).fails(2, "--from");
 
     // Key management: the regulator rotates its key, then the authority revokes the new one.
     let fresh = run(&["-O", "json", "key", "generate", "reg2.key"])

@@ -50,10 +50,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a three-node cluster in this process on loopback and walk through realistic
-    /// manifests: a two-leg shipment with a node outage midway, a quantity discrepancy
-    /// corrected with every party's approval, a rejection sent to the alternate facility, and a
-    /// custody proof verified offline (and a forged copy caught).
+    /// Run a three-node cluster in this process and walk through realistic manifests.
+    ///
+    /// On loopback, with temporary data directories: a two-leg shipment with a node outage
+    /// midway, a quantity discrepancy corrected with every party's approval, a rejection sent to
+    /// the alternate facility, and a custody proof verified offline (and a forged copy caught).
     Demo {
         /// Keep the cluster's data here instead of a temporary directory.
         #[arg(long)]
@@ -69,12 +70,15 @@ enum Command {
     #[command(subcommand)]
     Party(commands::party::PartyCommand),
     /// Create manifests, sign and submit lifecycle events, and read manifests.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = commands::manifest::EXAMPLES)]
     Manifest(commands::manifest::ManifestCommand),
     /// Download a custody proof, and verify one offline with only the genesis.
     #[command(subcommand)]
     Proof(commands::proof::ProofCommand),
-    /// Print a shell completion script, e.g. `wasteledger completions bash > /etc/bash_completion.d/wasteledger`.
+    /// Print a shell completion script.
+    ///
+    /// For example: `wasteledger completions bash > /etc/bash_completion.d/wasteledger`, or
+    /// `wasteledger completions zsh > ~/.zfunc/_wasteledger`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,

@@ -149,6 +149,45 @@ pub fn iso_time(ms: i64) -> String {
     )
 }
 
+/// Parses a time given on the command line into ms since the epoch: `2026-11-01` (midnight
+/// UTC), `2026-11-01T08:30:00Z`, or a plain number of milliseconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let secs_of_day = match time {
+        None => 0,
+        Some(t) => {
+            let mut p = t.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+            let (h, m, s) = (p.next()??, p.next()??, p.next().unwrap_or(Some(0))?);
+            if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0..60).contains(&s) {
+                return None;
+            }
+            h * 3600 + m * 60 + s
+        }
+    };
+    // Days from civil (H. Hinnant's algorithm), the inverse of `iso_time`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = (days * 86_400 + secs_of_day) * 1000;
+    // Refuse dates that do not exist (2026-02-30) rather than roll them over.
+    (iso_time(ms)[..10] == *date).then_some(ms)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -159,5 +198,12 @@ mod tests {
         assert_eq!(iso_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso_time(1_780_272_000_000), "2026-06-01T00:00:00Z");
         assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(parse_time("2026-06-01"), Some(1_780_272_000_000));
+        assert_eq!(parse_time("2026-06-01T01:00:00Z"), Some(1_780_275_600_000));
+        assert_eq!(parse_time("2000-02-29"), Some(951_782_400_000));
+        assert_eq!(parse_time("12345"), Some(12345));
+        assert_eq!(parse_time("2026-02-30"), None);
+        assert_eq!(parse_time("2026-13-01"), None);
+        assert_eq!(parse_time("yesterday"), None);
     }
 }

@@ -17,6 +17,16 @@ use wasteledger_core::tracking::Tracking;
 use super::{Context, SignArgs, finish, load_keys, print_event_file, print_receipt};
 use crate::exit::{CmdResult, Failure, OrUsage, REMOTE, USAGE};
 
+/// Worked examples shown under `wasteledger manifest --help`.
+pub(crate) const EXAMPLES: &str = "Examples (with WASTELEDGER_NODE and WASTELEDGER_GENESIS set):
+  wasteledger manifest create --file docs/examples/manifest.toml --key gen.key
+  # two-party handoff across machines: prepare and sign, co-sign, submit
+  wasteledger manifest handoff cn:20261502000101 --key gen.key -o pickup.json
+  wasteledger manifest sign pickup.json --key carrier.key
+  wasteledger manifest submit pickup.json
+  wasteledger manifest receive cn:20261502000101 --key facility.key --line 1:8.52:t:1 --line 2:1790:kg:12
+  wasteledger manifest list --party GEN-BT-STEEL --status in-transit --output json";
+
 /// Line quantities: LINE:AMOUNT:UNIT[:CONTAINERS].
 const LINE_HELP: &str = "LINE:AMOUNT:UNIT[:CONTAINERS], e.g. 1:8.52:t:1 (units: kg, t, lb, ton, l, gal, m3, yd3 or EPA letters K M P T L G N Y)";
 
@@ -235,6 +245,18 @@ pub(crate) enum ManifestCommand {
         /// A waste code as written on a line, e.g. HW08 or D001.
         #[arg(long)]
         waste_code: Option<String>,
+        /// Only manifests with a line coded in this system (with --waste-code: the code in it).
+        #[arg(long, value_enum)]
+        code_system: Option<CodeSystemArg>,
+        /// Which date --from and --until apply to.
+        #[arg(long = "time", value_enum, default_value = "created")]
+        time_field: TimeArg,
+        /// From this time on (inclusive): 2026-11-01, 2026-11-01T08:00:00Z (UTC) or ms.
+        #[arg(long)]
+        from: Option<String>,
+        /// Before this time (exclusive), same forms as --from.
+        #[arg(long)]
+        until: Option<String>,
         /// Manifests per page requested from the node (1..=500).
         #[arg(long, default_value_t = 100)]
         page_size: u32,
@@ -285,6 +307,40 @@ pub(crate) enum RoleArg {
     Facility,
     /// Broker.
     Broker,
+}
+
+/// A waste-code system.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum CodeSystemArg {
+    /// EPA federal codes (D001, F005, …).
+    EpaFederal,
+    /// A US state's codes.
+    UsState,
+    /// China HW category (HW08).
+    CnHwCategory,
+    /// China 8-digit waste code (900-249-08).
+    CnWasteCode,
+    /// European Waste Catalogue.
+    Ewc,
+    /// EU hazardous property (HP1..HP15).
+    EuHp,
+}
+
+/// Which timestamp a date filter applies to.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum TimeArg {
+    /// Creation.
+    Created,
+    /// First pickup.
+    Shipped,
+    /// Delivery to the facility.
+    Delivered,
+    /// Receipt by the facility.
+    Received,
+    /// Treatment certified.
+    Treated,
+    /// The latest event.
+    LastEvent,
 }
 
 /// A manifest status.
@@ -583,8 +639,22 @@ pub(crate) fn run(ctx: &Context, command: ManifestCommand) -> CmdResult {
             role,
             statuses,
             waste_code,
+            code_system,
+            time_field,
+            from,
+            until,
             page_size,
         } => {
+            let time = |what: &str, t: Option<String>| -> Result<i64, Failure> {
+                t.map_or(Ok(0), |t| {
+                    wasteledger_client::report::parse_time(&t).ok_or_else(|| {
+                        Failure::usage(format!(
+                            "{what} {t:?}: expected a date (2026-11-01), a UTC time (2026-11-01T08:00:00Z) or ms since the epoch"
+                        ))
+                    })
+                })
+            };
+            let (from_ms, until_ms) = (time("--from", from)?, time("--until", until)?);
             let request = pb::ListManifestsRequest {
                 party: party.unwrap_or_default(),
                 role: role.map_or(pb::Role::Unspecified, |r| match r {
@@ -595,6 +665,28 @@ pub(crate) fn run(ctx: &Context, command: ManifestCommand) -> CmdResult {
                 }) as i32,
                 statuses: statuses.iter().map(|s| status_value(*s) as i32).collect(),
                 waste_code: waste_code.unwrap_or_default(),
+                code_system: code_system.map_or(pb::CodeSystem::Unspecified, |c| match c {
+                    CodeSystemArg::EpaFederal => pb::CodeSystem::EpaFederal,
+                    CodeSystemArg::UsState => pb::CodeSystem::UsState,
+                    CodeSystemArg::CnHwCategory => pb::CodeSystem::CnHwCategory,
+                    CodeSystemArg::CnWasteCode => pb::CodeSystem::CnWasteCode,
+                    CodeSystemArg::Ewc => pb::CodeSystem::Ewc,
+                    CodeSystemArg::EuHp => pb::CodeSystem::EuHp,
+                }) as i32,
+                time_field: if from_ms == 0 && until_ms == 0 {
+                    pb::ManifestTime::Unspecified
+                } else {
+                    match time_field {
+                        TimeArg::Created => pb::ManifestTime::Created,
+                        TimeArg::Shipped => pb::ManifestTime::Shipped,
+                        TimeArg::Delivered => pb::ManifestTime::Delivered,
+                        TimeArg::Received => pb::ManifestTime::Received,
+                        TimeArg::Treated => pb::ManifestTime::Treated,
+                        TimeArg::LastEvent => pb::ManifestTime::LastEvent,
+                    }
+                } as i32,
+                from_ms,
+                until_ms,
                 page_size,
                 consistency: pb::ReadConsistency::Linearizable as i32,
                 ..Default::default()
