@@ -734,6 +734,32 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     assert_eq!(since.as_array().unwrap().len(), 1, "{since}");
     run(&["manifest", "list", "--from", "last tuesday"]).fails(2, "--from");
 
+    // Watching from the start: JSON Lines, registrations first; filtered to a carrier's
+    // manifests, its first event is the example manifest's creation.
+    let watched = run(&["-O", "json", "watch", "--from", "0", "--count", "3"]).ok();
+    let lines: Vec<serde_json::Value> = watched
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["kind"], "PartyRegistered");
+    let road = run(&[
+        "-O",
+        "json",
+        "watch",
+        "--from",
+        "0",
+        "--count",
+        "1",
+        "--party",
+        ids::ROAD,
+        "--manifests-only",
+    ])
+    .ok();
+    let first: serde_json::Value = serde_json::from_str(road.stdout.trim()).unwrap();
+    assert_eq!(first["kind"], "ManifestCreated", "{first}");
+
     // Key management: the regulator rotates its key, then the authority revokes the new one.
     let fresh = run(&["-O", "json", "key", "generate", "reg2.key"])
         .ok()

@@ -75,6 +75,12 @@ enum Command {
     /// Download a custody proof, and verify one offline with only the genesis.
     #[command(subcommand)]
     Proof(commands::proof::ProofCommand),
+    /// Follow the ledger: print each event as it is applied (JSON Lines with --output json).
+    ///
+    /// A transporter or facility watching its own registry id sees when it is its turn to sign.
+    /// Starts from --from (default: the current end of the ledger) and runs until Ctrl-C or
+    /// --count events.
+    Watch(commands::watch::WatchArgs),
     /// Print a shell completion script.
     ///
     /// For example: `wasteledger completions bash > /etc/bash_completion.d/wasteledger`, or
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         Command::Party(c) => commands::party::run(&ctx, c),
         Command::Manifest(c) => commands::manifest::run(&ctx, c),
         Command::Proof(c) => commands::proof::run(&ctx, c),
+        Command::Watch(a) => commands::watch::run(&ctx, a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -33,6 +33,11 @@ impl Out {
         }
     }
 
+    /// Prints one line whatever the format (JSON Lines streams).
+    pub(crate) fn say_always(&self, text: impl std::fmt::Display) {
+        write_stdout(&format!("{text}\n"));
+    }
+
     /// Prints a value as JSON.
     pub(crate) fn json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(value)

@@ -302,6 +302,26 @@ impl Remote {
         }
     }
 
+    /// Applied ledger entries from `request.from_index` on, then new ones as they are applied.
+    /// Resume after a disconnect by asking again from the last index received + 1.
+    pub async fn watch(
+        &mut self,
+        request: pb::WatchEventsRequest,
+    ) -> Result<tonic::Streaming<pb::LedgerEvent>, RemoteError> {
+        match self.client.watch_events(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// The next event of a watch stream (`None` when the node ends it).
+    pub async fn next_event(
+        &self,
+        stream: &mut tonic::Streaming<pb::LedgerEvent>,
+    ) -> Result<Option<pb::LedgerEvent>, RemoteError> {
+        stream.message().await.map_err(|s| self.err(s))
+    }
+
     /// The node's ledger head.
     pub async fn head(&mut self) -> Result<pb::LedgerHead, RemoteError> {
         match self

@@ -7,6 +7,7 @@ pub(crate) mod manifest;
 pub(crate) mod party;
 pub(crate) mod proof;
 pub(crate) mod run;
+pub(crate) mod watch;
 
 use std::path::{Path, PathBuf};
 
