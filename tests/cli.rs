@@ -173,6 +173,17 @@ fn offline_commands_and_bad_input() {
         &["manifest", "create", "--check", "--file", "bad.toml"],
     )
     .fails(2, "lines[0].quantity");
+    std::fs::write(
+        d.join("typo.toml"),
+        text.replace("TRANSPORT_MODE_RAIL", "TRANSPORT_MODE_BIKE"),
+    )
+    .unwrap();
+    wl(
+        d,
+        none,
+        &["manifest", "create", "--check", "--file", "typo.toml"],
+    )
+    .fails(2, "transporters[1].mode");
     std::fs::write(d.join("bad.json"), "{\"lines\": [").unwrap();
     wl(
         d,

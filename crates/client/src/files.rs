@@ -43,9 +43,24 @@ pub enum FileError {
     },
 }
 
+/// Deserializes a message from a JSON value, naming the field path of any error
+/// (`lines[0].containers.type: unknown variant …`): the value has no line numbers left.
+fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
 /// Parses a manifest from canonical protobuf JSON text (no validation).
 pub fn parse_manifest_json(text: &str) -> Result<pb::Manifest, String> {
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    // Syntax errors carry line and column; type errors get the field path.
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    from_value(value)
 }
 
 /// Parses a manifest from TOML text with the same field names (no validation).
@@ -53,7 +68,7 @@ pub fn parse_manifest_toml(text: &str) -> Result<pb::Manifest, String> {
     // Through a JSON value: TOML integers become JSON numbers, which the protobuf-JSON
     // deserializer accepts for every integer field.
     let value: serde_json::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    from_value(value)
 }
 
 /// Checks a manifest with the core rules; every problem is returned at once.
@@ -82,8 +97,10 @@ pub fn read_message<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Fi
     let parsed = match ext.as_deref() {
         Some("toml") => toml::from_str::<serde_json::Value>(&text)
             .map_err(|e| e.to_string())
-            .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string())),
-        Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string()),
+            .and_then(from_value),
+        Some("json") => serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(from_value),
         _ => return Err(FileError::Format(path.to_owned())),
     };
     parsed.map_err(|message| FileError::Syntax {
