@@ -122,6 +122,21 @@ pub fn load(path: &Path) -> Result<(SigningKey, Option<String>), KeyError> {
     Ok((key, party))
 }
 
+/// Whether a key file can be read by users other than its owner (as `ssh` does, the CLI warns:
+/// a secret readable by others is no longer only the party's). Always false off Unix.
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 /// Parses a public key written as 64 hex characters: a valid, non-weak ed25519 point.
 pub fn parse_public_hex(text: &str) -> Result<VerifyingKey, KeyError> {
     let err = |problem: String| KeyError::PublicKey {
@@ -155,6 +170,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(parse_public_hex(&info.public_key).is_ok());
+        assert!(!readable_by_others(&path));
         assert!(parse_public_hex("zz").is_err());
     }
 }

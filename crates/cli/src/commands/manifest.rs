@@ -461,7 +461,7 @@ pub(crate) fn run(ctx: &Context, command: ManifestCommand) -> CmdResult {
         ManifestCommand::Sign { file, key, out } => {
             let genesis = ctx.genesis()?;
             let mut event = EventFile::read(&file).or_usage()?;
-            let (key, party) = wasteledger_client::keys::load(&key).or_usage()?;
+            let (key, party) = super::load_key(&key)?;
             event.cosign(&genesis.ledger_id, &key, party).or_usage()?;
             let path = out.unwrap_or(file);
             event.write(&path).or_usage()?;
@@ -742,7 +742,7 @@ struct ImportResult {
 
 fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdResult {
     let genesis = ctx.genesis()?;
-    let (key, _) = wasteledger_client::keys::load(key).or_usage()?;
+    let (key, _) = super::load_key(key)?;
     let lines = files::read_jsonl(file).or_usage()?;
     let bar = indicatif::ProgressBar::new(lines.len() as u64);
     if !ctx.out.json_mode() {

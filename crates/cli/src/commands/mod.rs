@@ -62,7 +62,20 @@ impl Context {
 
 /// Loads key files, each with the party it names.
 pub(crate) fn load_keys(paths: &[PathBuf]) -> Result<Vec<(SigningKey, Option<String>)>, Failure> {
-    paths.iter().map(|p| keys::load(p).or_usage()).collect()
+    paths.iter().map(|p| load_key(p)).collect()
+}
+
+/// Loads one key file, warning when others can read it.
+pub(crate) fn load_key(path: &Path) -> Result<(SigningKey, Option<String>), Failure> {
+    let loaded = keys::load(path).or_usage()?;
+    if keys::readable_by_others(path) {
+        eprintln!(
+            "warning: {} is readable by other users; restrict it with `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(loaded)
 }
 
 /// How an event command ends: written to a file for another party to co-sign, or submitted.
