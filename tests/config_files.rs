@@ -54,6 +54,16 @@ fn demo_config_is_consistent() {
             dir.join("genesis.pb").canonicalize().ok()
         );
         assert_eq!(config.peers.len(), 2);
+        // Admin calls without authorization stay on loopback; every node has its own ports.
+        assert_eq!(
+            config.admin_listen.as_deref(),
+            Some(format!("127.0.0.1:730{n}").as_str())
+        );
+        assert!(!config.admin_listen_public);
+        assert_eq!(
+            config.metrics_listen.as_deref(),
+            Some(format!("127.0.0.1:740{n}").as_str())
+        );
         let key =
             parse_secret_key_file(&std::fs::read_to_string(&config.witness_key).expect("key file"))
                 .expect("key parses");

@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "wasteledger/v1/ledger.proto",
         "wasteledger/v1/state.proto",
         "wasteledger/v1/ledger_service.proto",
+        "wasteledger/v1/cluster_service.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -7,13 +7,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use wasteledger_core::pb;
 use wasteledger_core::sample::SampleNetwork;
 use wasteledger_core::signing::format_secret_key_file;
 use wasteledger_server::LedgerServiceClient;
+use wasteledger_server::service::cluster_service_client::ClusterServiceClient;
 
-/// Picks a free loopback port (bound then released; the node binds it again at once).
+/// Ports handed to test nodes come from below Linux's ephemeral range (32768 and up by
+/// default): a port the kernel picked with `bind(0)` and the harness released can be taken by
+/// any outgoing connection (another test's nodes dialling each other) before the node binds it.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// Picks a free loopback port (bound then released; the node binds it again at once), outside
+/// the ephemeral range and never twice in one test process.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Test processes running side by side start at different places.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORTS.start + (offset + n) % span;
+        if let Ok(port) = u16::try_from(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -32,6 +57,10 @@ pub struct NodeSpec {
     pub raft: String,
     /// Public API address.
     pub api: String,
+    /// Admin listener (ClusterService without authorization).
+    pub admin: String,
+    /// Prometheus endpoint.
+    pub metrics: String,
     /// Its configuration file.
     pub config: PathBuf,
     /// Its data directory.
@@ -54,12 +83,24 @@ impl Cluster {
     /// with test timings: fast elections, and a snapshot every 50 entries so that tests
     /// exercise snapshots and log purges.
     pub fn start(binary: &Path, n: u64) -> Cluster {
-        Cluster::start_with_raft(binary, n, TEST_RAFT)
+        Cluster::start_configured(binary, n, n, TEST_RAFT)
     }
 
     /// [`Cluster::start`] with the given `[raft]` configuration section (`""` = the
     /// production defaults, which measurements must use).
     pub fn start_with_raft(binary: &Path, n: u64, raft_section: &str) -> Cluster {
+        Cluster::start_configured(binary, n, n, raft_section)
+    }
+
+    /// Like [`Cluster::start`], but node 1 initialises the cluster with nodes `1..=founders`
+    /// only; the others start uninitialised, waiting to be added (ClusterService.AddLearner).
+    /// With `founders == 0` no node bootstraps: the cluster waits for ClusterService.Initialize.
+    pub fn start_with_founders(binary: &Path, n: u64, founders: u64) -> Cluster {
+        Cluster::start_configured(binary, n, founders, TEST_RAFT)
+    }
+
+    /// The general form: `n` nodes, founding members `1..=founders`, this `[raft]` section.
+    pub fn start_configured(binary: &Path, n: u64, founders: u64, raft_section: &str) -> Cluster {
         let net = SampleNetwork::new().expect("sample network");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("genesis.pb"), &net.genesis_bytes).expect("genesis");
@@ -69,6 +110,8 @@ impl Cluster {
                     id,
                     raft: format!("127.0.0.1:{}", free_port()),
                     api: format!("127.0.0.1:{}", free_port()),
+                    admin: format!("127.0.0.1:{}", free_port()),
+                    metrics: format!("127.0.0.1:{}", free_port()),
                     config: dir.path().join(format!("node{id}.toml")),
                     data_dir: dir.path().join(format!("data{id}")),
                 };
@@ -81,15 +124,21 @@ impl Cluster {
             std::fs::write(&key_path, format_secret_key_file(key, "test witness key"))
                 .expect("key");
             let mut text = format!(
-                "id = {}\ndata_dir = {:?}\ngenesis = \"genesis.pb\"\nwitness_key = {:?}\nbootstrap = {}\n\n[listen]\nraft = {:?}\napi = {:?}\n\n",
+                "id = {}\ndata_dir = {:?}\ngenesis = \"genesis.pb\"\nwitness_key = {:?}\nbootstrap = {}\n\n[listen]\nraft = {:?}\napi = {:?}\nadmin = {:?}\nmetrics = {:?}\n\n",
                 spec.id,
                 spec.data_dir,
                 key_path,
-                spec.id == 1,
+                spec.id == 1 && founders > 0,
                 spec.raft,
-                spec.api
+                spec.api,
+                spec.admin,
+                spec.metrics
             );
-            for peer in specs.values().filter(|p| p.id != spec.id) {
+            // Peers are the founding members node 1 initialises the cluster with.
+            for peer in specs
+                .values()
+                .filter(|p| p.id != spec.id && p.id <= founders)
+            {
                 text.push_str(&format!(
                     "[[peers]]\nid = {}\nraft = {:?}\napi = {:?}\n\n",
                     peer.id, peer.raft, peer.api
@@ -202,6 +251,83 @@ impl Cluster {
         endpoint.connect().await.ok().map(LedgerServiceClient::new)
     }
 
+    /// A ClusterService client of node `id`'s admin listener (no authorization needed).
+    pub async fn admin_client(&self, id: u64) -> Option<ClusterServiceClient<Channel>> {
+        channel(&self.specs[&id].admin)
+            .await
+            .map(ClusterServiceClient::new)
+    }
+
+    /// A ClusterService client of node `id`'s public API listener (calls must be signed).
+    pub async fn public_admin_client(&self, id: u64) -> Option<ClusterServiceClient<Channel>> {
+        channel(&self.specs[&id].api)
+            .await
+            .map(ClusterServiceClient::new)
+    }
+
+    /// Node `id`'s status from its admin listener, if it answers.
+    pub async fn status(&self, id: u64) -> Option<pb::ClusterStatus> {
+        let mut c = self.admin_client(id).await?;
+        c.status(pb::StatusRequest::default())
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// The `grpc.health.v1` status of `service` on node `id`'s API listener, if it answers.
+    pub async fn health(&self, id: u64, service: &str) -> Option<ServingStatus> {
+        let mut c = HealthClient::new(channel(&self.specs[&id].api).await?);
+        let response = c
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    /// Waits until node `id` reports `want` for `service` (bounded); returns whether it did.
+    pub async fn wait_health(
+        &self,
+        id: u64,
+        service: &str,
+        want: ServingStatus,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.health(id, service).await == Some(want) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Node `id`'s Prometheus text (`GET /metrics`), if it answers.
+    pub async fn metrics(&self, id: u64) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let fetch = async {
+            let mut stream = tokio::net::TcpStream::connect(&self.specs[&id].metrics)
+                .await
+                .ok()?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.ok()?;
+            let (head, body) = response.split_once("\r\n\r\n")?;
+            head.starts_with("HTTP/1.0 200")
+                .then(|| body.to_owned())
+                .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(10), fetch)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Node `id`'s ledger head, if it answers.
     pub async fn head(&self, id: u64) -> Option<pb::LedgerHead> {
         let mut c = self.client(id).await?;
@@ -261,6 +387,31 @@ impl Cluster {
         }
         None
     }
+}
+
+/// A channel to `addr` (bounded connect and call times).
+async fn channel(addr: &str) -> Option<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(90))
+        .connect()
+        .await
+        .ok()
+}
+
+/// The value of one Prometheus sample, `name{labels} value`, in `text` (labels exactly as
+/// rendered, or `""` for none); `None` when absent.
+pub fn sample_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 impl Drop for Cluster {

@@ -142,6 +142,38 @@ pub enum EnvelopeError {
 pub trait KeyDirectory {
     /// The signer identity and key record for `key_id`.
     fn lookup(&self, key_id: &Digest) -> Option<(Signer, KeyRecord)>;
+
+    /// True when this process already verified the signature whose [`signature_check_key`] is
+    /// `check` (a leader checks an event before proposing it, then applies it). Only the
+    /// cryptographic check is remembered; key validity is checked every time.
+    fn verified_before(&self, check: &Digest) -> bool {
+        let _ = check;
+        false
+    }
+
+    /// Remembers a successful cryptographic check.
+    fn record_verified(&self, check: &Digest) {
+        let _ = check;
+    }
+}
+
+/// The cache key of one signature check: it binds the public key, the ledger, the exact body
+/// and the exact signature bytes, so a hit means `verify_strict` already passed on all four.
+/// The body's length is hashed too: without it, moving bytes between the end of the body and
+/// the start of the signature would give another (unverified) pair the same key.
+pub fn signature_check_key(
+    public: &ed25519_dalek::VerifyingKey,
+    ledger_id: &Digest,
+    body: &[u8],
+    signature: &[u8],
+) -> Digest {
+    Purpose::VerifiedSignature.hash_parts(&[
+        public.as_bytes(),
+        ledger_id.as_bytes(),
+        &(body.len() as u64).to_be_bytes(),
+        body,
+        signature,
+    ])
 }
 
 /// The event hash of body bytes on a ledger.
@@ -244,21 +276,56 @@ pub fn verify_signatures(
                 index,
             });
         }
-        verify(
-            &record.public,
-            SigningDomain::Event,
-            ledger_id,
-            &signed.body,
-            &sig.signature,
-        )
-        .map_err(|_| EnvelopeError::BadSignature {
-            key: key_id.short(),
-            owner: owner.clone(),
-        })?;
+        let check = signature_check_key(&record.public, ledger_id, &signed.body, &sig.signature);
+        if !keys.verified_before(&check) {
+            verify(
+                &record.public,
+                SigningDomain::Event,
+                ledger_id,
+                &signed.body,
+                &sig.signature,
+            )
+            .map_err(|_| EnvelopeError::BadSignature {
+                key: key_id.short(),
+                owner: owner.clone(),
+            })?;
+            keys.record_verified(&check);
+        }
         if !seen_signers.insert(owner.clone()) {
             return Err(EnvelopeError::DuplicateSigner(owner));
         }
         signers.push(signer);
     }
     Ok(signers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_check_keys_bind_the_body_signature_split() {
+        let key = crate::sample::key_from_label("k").verifying_key();
+        let id = Digest::ZERO;
+        let sig = [7u8; 64];
+        let whole = signature_check_key(&key, &id, b"body", &sig);
+        // The same bytes split differently between body and signature must not collide, or
+        // a remembered check would vouch for a signature never verified.
+        let mut longer_body = b"body".to_vec();
+        longer_body.push(7);
+        assert_ne!(
+            whole,
+            signature_check_key(&key, &id, &longer_body, &sig[1..])
+        );
+        assert_ne!(
+            whole,
+            signature_check_key(&key, &id, b"bod", &[b"y".as_slice(), &sig].concat())
+        );
+        let other = crate::sample::key_from_label("other").verifying_key();
+        assert_ne!(whole, signature_check_key(&other, &id, b"body", &sig));
+        assert_ne!(
+            whole,
+            signature_check_key(&key, &Digest([1; 32]), b"body", &sig)
+        );
+    }
 }

@@ -87,6 +87,9 @@ pub enum Purpose {
     MapLeaf,
     /// Completeness-map interior node of `left ‖ right`.
     MapNode,
+    /// Local cache key of a signature already verified by this process: hash of
+    /// `public key ‖ ledger id ‖ body ‖ signature`. Never stored or sent.
+    VerifiedSignature,
 }
 
 impl Purpose {
@@ -103,11 +106,12 @@ impl Purpose {
             Purpose::MapKey => "wasteledger v1 map key",
             Purpose::MapLeaf => "wasteledger v1 map leaf",
             Purpose::MapNode => "wasteledger v1 map node",
+            Purpose::VerifiedSignature => "wasteledger v1 verified signature",
         }
     }
 
     /// Every purpose, in declaration order (the order of the enum's discriminants).
-    pub const ALL: [Purpose; 10] = [
+    pub const ALL: [Purpose; 11] = [
         Purpose::Genesis,
         Purpose::KeyId,
         Purpose::Event,
@@ -118,6 +122,7 @@ impl Purpose {
         Purpose::MapKey,
         Purpose::MapLeaf,
         Purpose::MapNode,
+        Purpose::VerifiedSignature,
     ];
 
     /// A hasher for this purpose, to feed several parts without concatenating them first.

@@ -34,6 +34,17 @@ pub trait LedgerView {
     fn key_owner(&self, key_id: &Digest) -> Option<String>;
     /// The index of an accepted event with this hash, if any (duplicate detection).
     fn event_index(&self, event_hash: &Digest) -> Option<u64>;
+
+    /// See [`KeyDirectory::verified_before`]; default: nothing remembered.
+    fn verified_before(&self, check: &Digest) -> bool {
+        let _ = check;
+        false
+    }
+
+    /// See [`KeyDirectory::record_verified`].
+    fn record_verified(&self, check: &Digest) {
+        let _ = check;
+    }
 }
 
 /// The new state of the event's subject.
@@ -337,6 +348,14 @@ struct Keys<'a> {
 }
 
 impl KeyDirectory for Keys<'_> {
+    fn verified_before(&self, check: &Digest) -> bool {
+        self.view.verified_before(check)
+    }
+
+    fn record_verified(&self, check: &Digest) {
+        self.view.record_verified(check)
+    }
+
     fn lookup(&self, key_id: &Digest) -> Option<(Signer, KeyRecord)> {
         if let Some(a) = self.genesis.authority(key_id) {
             let record = KeyRecord {

@@ -23,6 +23,9 @@ pub enum SigningDomain {
     Event,
     /// A checkpoint note body, signed by a node's witness key.
     Checkpoint,
+    /// An admin call (`wasteledger.v1.ClusterService`) on a public listener, signed by a genesis
+    /// authority: its own tag, so no event or checkpoint signature can pass as one.
+    Admin,
 }
 
 impl SigningDomain {
@@ -31,6 +34,7 @@ impl SigningDomain {
         match self {
             SigningDomain::Event => b"wasteledger/v1 event\n",
             SigningDomain::Checkpoint => b"wasteledger/v1 checkpoint\n",
+            SigningDomain::Admin => b"wasteledger/v1 admin\n",
         }
     }
 }

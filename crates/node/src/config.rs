@@ -62,6 +62,12 @@ struct RawConfig {
 struct RawListen {
     raft: String,
     api: String,
+    #[serde(default)]
+    admin: Option<String>,
+    #[serde(default)]
+    admin_public: bool,
+    #[serde(default)]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +151,14 @@ pub struct NodeConfig {
     pub raft_listen: String,
     /// Public API listen address.
     pub api_listen: String,
+    /// Admin listen address (`listen.admin`): ClusterService without authorization. Loopback
+    /// unless `admin_listen_public`; none when absent (admin calls then need an authority
+    /// signature on the public listener).
+    pub admin_listen: Option<String>,
+    /// `listen.admin_public = true`: the operator accepts a non-loopback admin listener.
+    pub admin_listen_public: bool,
+    /// Prometheus endpoint address (`listen.metrics`, HTTP `GET /metrics`); none when absent.
+    pub metrics_listen: Option<String>,
     /// The other founding members.
     pub peers: Vec<Peer>,
     /// Raft timings.
@@ -191,6 +205,31 @@ impl NodeConfig {
                 return Err(invalid(key, format!("{addr:?} is not an ip:port address")));
             }
         }
+        for (key, addr) in [
+            ("listen.admin", &raw.listen.admin),
+            ("listen.metrics", &raw.listen.metrics),
+        ] {
+            if let Some(addr) = addr
+                && addr.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(invalid(key, format!("{addr:?} is not an ip:port address")));
+            }
+        }
+        // Calls on the admin listener need no credentials, so it must not be reachable from
+        // other machines unless the operator says so explicitly.
+        if let Some(admin) = &raw.listen.admin
+            && let Ok(addr) = admin.parse::<std::net::SocketAddr>()
+            && !addr.ip().is_loopback()
+            && !raw.listen.admin_public
+        {
+            return Err(invalid(
+                "listen.admin",
+                format!(
+                    "{admin} is not a loopback address, and admin calls there need no \
+                     authorization; use 127.0.0.1, or set listen.admin_public = true"
+                ),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::from([raw.id]);
         for peer in &raw.peers {
             if !seen.insert(peer.id) {
@@ -228,6 +267,9 @@ impl NodeConfig {
             bootstrap: raw.bootstrap,
             raft_listen: raw.listen.raft,
             api_listen: raw.listen.api,
+            admin_listen: raw.listen.admin,
+            admin_listen_public: raw.listen.admin_public,
+            metrics_listen: raw.listen.metrics,
             peers: raw
                 .peers
                 .into_iter()
@@ -300,5 +342,29 @@ api = "127.0.0.1:7202"
             .unwrap_err()
             .to_string();
         assert!(e.contains("raft.heartbeat_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_public_admin_listener_must_be_asked_for() {
+        let c = NodeConfig::parse(Path::new("node1.toml"), GOOD).unwrap();
+        assert_eq!((c.admin_listen, c.metrics_listen), (None, None));
+        let with = GOOD.replace(
+            "api = \"127.0.0.1:7201\"",
+            "api = \"127.0.0.1:7201\"\nadmin = \"127.0.0.1:7301\"\nmetrics = \"127.0.0.1:7401\"",
+        );
+        let c = NodeConfig::parse(Path::new("node1.toml"), &with).unwrap();
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:7301"));
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:7401"));
+        let public = with.replace("127.0.0.1:7301", "0.0.0.0:7301");
+        let e = NodeConfig::parse(Path::new("node1.toml"), &public)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listen.admin") && e.contains("admin_public"),
+            "{e}"
+        );
+        let allowed = public.replace("admin = ", "admin_public = true\nadmin = ");
+        let c = NodeConfig::parse(Path::new("node1.toml"), &allowed).unwrap();
+        assert!(c.admin_listen_public);
     }
 }

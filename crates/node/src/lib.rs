@@ -20,4 +20,5 @@ pub mod state_machine;
 pub mod config;
 pub mod network;
 pub mod node;
+pub mod status;
 pub mod witness;

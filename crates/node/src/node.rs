@@ -240,6 +240,13 @@ impl Node {
             .with_store(|s| s.check(&signed, sequenced_at).map(|_| ()))
             .map_err(|e| WriteError::Raft(e.to_string()))?;
         if let Err(rejection) = precheck {
+            // Refused before proposing: only this (leader) node sees it, so it is counted here.
+            metrics::counter!(
+                "wasteledger_events_rejected_total",
+                "reason" => rejection.code().to_owned(),
+                "stage" => "precheck"
+            )
+            .increment(1);
             // A duplicate is answered from the ledger (idempotent resubmission).
             return Err(WriteError::Rejected {
                 code: rejection.code().to_owned(),

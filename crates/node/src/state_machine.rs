@@ -216,6 +216,25 @@ impl LedgerStateMachine {
     }
 }
 
+/// Counts an applied event's verdict. Every node counts the same verdicts (they are
+/// deterministic), so the counters agree across the cluster.
+fn count_outcome(response: &LedgerResponse) {
+    match response {
+        LedgerResponse::Accepted { .. } => {
+            metrics::counter!("wasteledger_events_accepted_total").increment(1);
+        }
+        LedgerResponse::Rejected { code, .. } => {
+            metrics::counter!(
+                "wasteledger_events_rejected_total",
+                "reason" => code.clone(),
+                "stage" => "apply"
+            )
+            .increment(1);
+        }
+        _ => {}
+    }
+}
+
 fn rejected(rejection: &Rejection) -> LedgerResponse {
     LedgerResponse::Rejected {
         code: rejection.code().to_owned(),
@@ -438,13 +457,17 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut started = None;
         while let Some((entry, responder)) = entries.try_next().await? {
+            // Timed from the first entry in hand, so waiting for entries is not counted.
+            started.get_or_insert_with(std::time::Instant::now);
             let response = {
                 let mut inner = self.lock()?;
                 let response = Self::apply_one(&mut inner, entry.log_id, entry.payload)?;
                 inner.last_applied = Some(entry.log_id);
                 response
             };
+            count_outcome(&response);
             // Every entry with a responder must be answered, or client_write waits forever.
             // Answering before the state reaches disk is safe: the entry is committed in the
             // Raft log, and a restart re-applies it to the same result.
@@ -454,6 +477,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         }
         // One sled batch for the whole group: see LedgerStore::commit.
         self.lock()?.store.commit().map_err(io_err)?;
+        if let Some(started) = started {
+            metrics::histogram!("wasteledger_apply_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 

@@ -1,5 +1,11 @@
 //! Running a node from its configuration file: storage, Raft, the Raft transport, the public
-//! API and the witness, until a shutdown signal; then a graceful stop.
+//! API (with health, reflection and admin calls signed by an authority), the admin listener,
+//! the metrics endpoint and the witness, until a shutdown signal; then a graceful drain and
+//! stop.
+
+pub mod admin;
+pub mod observe;
+pub mod request_id;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +21,7 @@ use wasteledger_node::node::{Node, NodeOptions};
 use wasteledger_node::types::NodeAddr;
 
 use crate::LedgerApi;
+use admin::{AdminAccess, ClusterApi};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +52,53 @@ pub enum RunError {
     /// The API server failed.
     #[error("api server: {0}")]
     Api(#[from] tonic::transport::Error),
+    /// The reflection service could not load the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The metrics registry could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] observe::MetricsError),
 }
 
 /// How often the witness checks for a new checkpoint to cosign.
 pub const WITNESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a stopping node lets calls in flight finish before cutting them off (a
+/// `WatchEvents` stream never finishes by itself).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Encoded descriptors of every public `wasteledger.v1` file (built by `build.rs`).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/wasteledger_v1_descriptor.bin"));
+
+async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: addr.to_owned(),
+            what,
+            source,
+        })
+}
+
+/// Waits for a server task to drain, at most `DRAIN_TIMEOUT`, then cuts it off.
+async fn drain(
+    what: &'static str,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+        Ok(Ok(Ok(()))) => tracing::info!(listener = what, "drained"),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(listener = what, error = %e, "server stopped with an error")
+        }
+        Ok(Err(e)) => tracing::warn!(listener = what, error = %e, "server task failed"),
+        Err(_) => {
+            tracing::warn!(listener = what, timeout = ?DRAIN_TIMEOUT, "calls still in flight after the drain timeout; cutting them off");
+            abort.abort();
+        }
+    }
+}
 
 /// Runs the node described by `config` until `shutdown` resolves.
 pub async fn run_node(
@@ -88,20 +138,16 @@ pub async fn run_node(
             format!("is not the key the genesis names for node {}", config.id),
         ));
     }
-    let raft_listener = TcpListener::bind(&config.raft_listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.raft_listen.clone(),
-            what: "raft",
-            source,
-        })?;
-    let api_listener = TcpListener::bind(&config.api_listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.api_listen.clone(),
-            what: "api",
-            source,
-        })?;
+    let raft_listener = bind(&config.raft_listen, "raft").await?;
+    let api_listener = bind(&config.api_listen, "api").await?;
+    let admin_listener = match &config.admin_listen {
+        Some(addr) => Some(bind(addr, "admin").await?),
+        None => None,
+    };
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some((bind(addr, "metrics").await?, observe::prometheus()?)),
+        None => None,
+    };
     let node = Node::start(NodeOptions {
         id: config.id,
         data_dir: config.data_dir.clone(),
@@ -140,8 +186,28 @@ pub async fn run_node(
         WITNESS_INTERVAL,
         stop_rx.clone(),
     ));
-    let mut api_stop = stop_rx.clone();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    // Not serving until the status watch has seen a leader with a quorum.
+    observe::set_health(&health, tonic_health::ServingStatus::NotServing).await;
+    let watch_task = tokio::spawn(observe::watch_node(
+        node.clone(),
+        health.clone(),
+        metrics_listener.as_ref().map(|(_, h)| h.clone()),
+        stop_rx.clone(),
+    ));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let api = tonic::transport::Server::builder()
+        .layer(request_id::RequestIdLayer)
         .layer(tower::util::MapResponseLayer::new(
             crate::limits::rewrite_oversize::<tonic::body::Body>,
         ))
@@ -150,25 +216,71 @@ pub async fn run_node(
                 .with_shutdown(stop_rx.clone())
                 .into_service(),
         )
+        .add_service(ClusterApi::new(node.clone(), AdminAccess::AuthorityOnly).into_service())
+        .add_service(health_service.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(api_listener),
-            async move {
-                let _ = api_stop.changed().await;
-            },
+            stopped(stop_rx.clone()),
         );
-    tracing::info!(id = config.id, raft = %config.raft_listen, api = %config.api_listen, "node started");
+    let admin = admin_listener.map(|listener| {
+        tonic::transport::Server::builder()
+            .layer(request_id::RequestIdLayer)
+            .add_service(ClusterApi::new(node.clone(), AdminAccess::Trusted).into_service())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stopped(stop_rx.clone()),
+            )
+    });
+    tracing::info!(
+        id = config.id,
+        raft = %config.raft_listen,
+        api = %config.api_listen,
+        admin = ?config.admin_listen,
+        metrics = ?config.metrics_listen,
+        "node started"
+    );
     let api_task = tokio::spawn(api);
+    let admin_task = admin.map(tokio::spawn);
+    let metrics_task = metrics_listener.map(|(listener, handle)| {
+        tokio::spawn(observe::serve_metrics(listener, handle, stop_rx.clone()))
+    });
     shutdown.await;
-    tracing::info!(id = config.id, "shutting down");
+    tracing::info!(id = config.id, "shutting down: draining calls in flight");
+    // Load balancers stop sending new calls first; then the listeners stop accepting and the
+    // calls in flight finish (bounded); Raft stops last, so those calls can still commit.
+    observe::set_health(&health, tonic_health::ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
-    let _ = witness_task.await;
-    if let Ok(Err(e)) = api_task.await {
-        tracing::warn!(error = %e, "api server stopped with an error");
+    // The status watch ends first, so nothing sets a health entry again after they are gone.
+    let _ = watch_task.await;
+    observe::end_health(&mut health).await;
+    let admin_drained = async {
+        if let Some(task) = admin_task {
+            drain("admin", task).await;
+        }
+    };
+    tokio::join!(drain("api", api_task), admin_drained);
+    if let Some(task) = metrics_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "metrics endpoint stopped with an error");
     }
+    let _ = witness_task.await;
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await?,
-        Err(_) => {
-            tracing::warn!("node still referenced at shutdown; storage is synced by its drop")
+        Err(node) => {
+            // A connection cut off by the drain timeout may still hold the node; stop Raft
+            // anyway so no write is acknowledged after this point.
+            tracing::warn!(
+                "node still referenced at shutdown; stopping raft, storage is synced by its drop"
+            );
+            if let Err(e) = node.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
         }
     }
     Ok(())

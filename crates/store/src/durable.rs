@@ -501,7 +501,11 @@ impl Engine {
                 ),
             )),
             None => {
+                let started = std::time::Instant::now();
                 let result = self.sync_locked(&mut state);
+                // One group commit's flush + fdatasync: the floor under every write's latency.
+                metrics::histogram!("wasteledger_fsync_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 if let Err(e) = &result {
                     state.poisoned = Some((e.kind(), e.to_string()));
                 }

@@ -21,7 +21,7 @@
 //! | `C` | size (u64 BE) ‖ witness name | key hint ‖ signature of the checkpoint at that size |
 //! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
@@ -154,31 +154,83 @@ impl NodeStore for SledNodes {
     }
 }
 
+/// The newest version of each map node, by (depth, prefix): `(version, node)`.
+type LatestMapNodes = Arc<Mutex<HashMap<(u16, Digest), (u64, Option<MapNode>)>>>;
+
+/// Most map nodes [`SledMapNodes`] keeps in memory (~100 bytes each) before starting over.
+const MAX_CACHED_MAP_NODES: usize = 2_000_000;
+
 /// Completeness-map node storage on the ledger tree (versioned by tree size).
+///
+/// Every insert reads and rewrites the newest version of ~log2(keys) nodes; finding the newest
+/// version in sled is a reverse range scan per node, so the newest version of each node is
+/// also kept in memory. Reads at older versions (proofs against an earlier checkpoint) go to
+/// sled.
 #[derive(Clone)]
 pub struct SledMapNodes {
     tree: sled::Tree,
     overlay: Overlay,
+    latest: LatestMapNodes,
+}
+
+impl SledMapNodes {
+    fn version_of(key: &[u8]) -> Option<u64> {
+        let raw: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+        Some(u64::from_be_bytes(raw))
+    }
+
+    /// The newest version of a node at or below `upper` (staged writes first, then sled).
+    fn newest_at_or_before(&self, lower: &[u8], upper: &[u8]) -> Option<(u64, Vec<u8>)> {
+        let staged = self.overlay.lock().ok().and_then(|o| {
+            o.range(lower.to_vec()..=upper.to_vec())
+                .next_back()
+                .and_then(|(k, v)| Some((Self::version_of(k)?, v.clone()?)))
+        });
+        let stored = self
+            .tree
+            .range(lower..=upper)
+            .next_back()
+            .and_then(|r| r.ok())
+            .and_then(|(k, v)| Some((Self::version_of(&k)?, v.to_vec())));
+        match (staged, stored) {
+            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn remember(&self, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
+        if let Ok(mut latest) = self.latest.lock() {
+            if latest.len() >= MAX_CACHED_MAP_NODES {
+                latest.clear();
+            }
+            let slot = latest.entry((depth, *prefix)).or_insert((version, node));
+            if slot.0 <= version {
+                *slot = (version, node);
+            }
+        }
+    }
 }
 
 impl MapNodeStore for SledMapNodes {
     fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
-        let upper = map_key(depth, prefix, version);
+        if let Ok(latest) = self.latest.lock()
+            && let Some((newest, node)) = latest.get(&(depth, *prefix))
+            && *newest <= version
+        {
+            return *node;
+        }
         let lower = map_key(depth, prefix, 0);
-        // Newest write at or before `version`: the overlay holds only the version being
-        // written, so check it first, then the newest stored state.
-        let from_overlay = self.overlay.lock().ok().and_then(|o| {
-            o.range(lower.clone()..=upper.clone())
-                .next_back()
-                .and_then(|(_, v)| v.clone())
-        });
-        let bytes = from_overlay.or_else(|| {
-            self.tree
-                .range(lower..=upper)
-                .next_back()
-                .and_then(|r| r.ok())
-                .map(|(_, v)| v.to_vec())
-        })?;
+        // Look up the newest version overall: if it is at or before `version` it is the
+        // answer, and safe to remember as the newest.
+        let (newest, bytes) =
+            self.newest_at_or_before(&lower, &map_key(depth, prefix, u64::MAX))?;
+        if newest <= version {
+            let node = decode_map_node(&bytes).ok().flatten();
+            self.remember(depth, prefix, newest, node);
+            return node;
+        }
+        // An older version (a proof against an earlier size): not cached.
+        let (_, bytes) = self.newest_at_or_before(&lower, &map_key(depth, prefix, version))?;
         decode_map_node(&bytes).ok().flatten()
     }
 
@@ -188,6 +240,7 @@ impl MapNodeStore for SledMapNodes {
             map_key(depth, prefix, version),
             encode_map_node(node.as_ref()),
         );
+        self.remember(depth, prefix, version, node);
     }
 }
 
@@ -268,7 +321,24 @@ pub struct LedgerStore {
     map: CompletenessMap<SledMapNodes>,
     chain_head: Digest,
     last_sequenced_at: i64,
+    caches: Caches,
 }
+
+/// Derived data kept in memory because every event needs it: decoded party records (every
+/// signature looks its key up, and decoding a record parses its public keys), and the
+/// signatures this process already verified (a leader verifies an event when it checks it,
+/// then again when it applies it). Both are rebuilt lazily after a restart.
+#[derive(Default)]
+struct Caches {
+    parties: Mutex<HashMap<String, PartyRecord>>,
+    /// Two generations, so the cache stays bounded without forgetting the newest checks.
+    verified: Mutex<[HashSet<Digest>; 2]>,
+}
+
+/// Signature checks remembered per generation.
+const VERIFIED_GENERATION: usize = 1 << 16;
+/// Party records kept decoded before starting over.
+const MAX_CACHED_PARTIES: usize = 100_000;
 
 fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
     let raw: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(what))?;
@@ -293,6 +363,7 @@ impl LedgerStore {
             SledMapNodes {
                 tree: tree.clone(),
                 overlay: overlay.clone(),
+                latest: Arc::default(),
             },
             size,
         );
@@ -312,6 +383,7 @@ impl LedgerStore {
             map,
             chain_head,
             last_sequenced_at,
+            caches: Caches::default(),
         })
     }
 
@@ -540,6 +612,7 @@ impl LedgerStore {
                 }
             }
             SubjectState::Party(p) => {
+                self.cache_party(p);
                 self.stage(
                     key(PARTY, p.party.registry_id.as_bytes()),
                     p.to_pb().encode_to_vec(),
@@ -553,6 +626,15 @@ impl LedgerStore {
             }
         }
         Ok(())
+    }
+
+    fn cache_party(&self, record: &PartyRecord) {
+        if let Ok(mut parties) = self.caches.parties.lock() {
+            if parties.len() >= MAX_CACHED_PARTIES {
+                parties.clear();
+            }
+            parties.insert(record.party.registry_id.clone(), record.clone());
+        }
     }
 
     /// Stages caller metadata (e.g. Raft membership, or last-applied after a rejected or
@@ -939,8 +1021,31 @@ impl LedgerView for LedgerStore {
     }
 
     fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
+        if let Ok(parties) = self.caches.parties.lock()
+            && let Some(record) = parties.get(registry_id)
+        {
+            return Some(record.clone());
+        }
         let bytes = self.read(&key(PARTY, registry_id.as_bytes())).ok()??;
-        PartyRecord::from_pb(&pb::PartyState::decode(bytes.as_ref()).ok()?).ok()
+        let record = PartyRecord::from_pb(&pb::PartyState::decode(bytes.as_ref()).ok()?).ok()?;
+        self.cache_party(&record);
+        Some(record)
+    }
+
+    fn verified_before(&self, check: &Digest) -> bool {
+        self.caches
+            .verified
+            .lock()
+            .is_ok_and(|v| v[0].contains(check) || v[1].contains(check))
+    }
+
+    fn record_verified(&self, check: &Digest) {
+        if let Ok(mut v) = self.caches.verified.lock() {
+            if v[0].len() >= VERIFIED_GENERATION {
+                v[1] = std::mem::take(&mut v[0]);
+            }
+            v[0].insert(*check);
+        }
     }
 
     fn key_owner(&self, key_id: &Digest) -> Option<String> {

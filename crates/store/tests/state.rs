@@ -105,6 +105,18 @@ fn sled_state_matches_the_reference_ledger() {
     assert_eq!(store.roots().0, reference.tree().root());
     assert_eq!(store.roots().1, reference.map().root());
     assert_eq!(store.chain_head(), reference.chain_head());
+    // Roots at every earlier size: map nodes are read at old versions after newer versions
+    // were written (and cached as the newest).
+    for size in 0..=store.size() {
+        assert_eq!(
+            store.roots_at(size),
+            Some((
+                reference.tree().root_at(size).unwrap(),
+                reference.map().root_at(size)
+            )),
+            "roots at size {size}"
+        );
+    }
 
     // A proof built from sled verifies offline and equals the reference's.
     let tracking = wasteledger_core::tracking::Tracking::parse("cn:20261502000001").unwrap();
