@@ -805,3 +805,83 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     run(&["party", "show", ids::REGULATOR]).ok();
     run(&["party", "show", "NOBODY"]).fails(3, "query.");
 }
+
+#[test]
+fn cluster_commands_add_a_learner_and_promote_it() {
+    // Nodes 1 and 2 found the cluster; node 3 runs but belongs to no cluster yet.
+    let cluster = Cluster::start_with_founders(Path::new(BIN), 3, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_network(&cluster, d);
+    let spec = |id: u64| cluster.specs[&id].clone();
+    // Wait for a leader, asking node 1's admin listener (no credentials there).
+    let mut leader = 0;
+    for _ in 0..150 {
+        let status = wl(
+            d,
+            &spec(1).api,
+            &["-O", "json", "cluster", "status", "--admin", &spec(1).admin],
+        );
+        if status.code == 0 {
+            leader = status.json()["leader_id"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if leader != 0 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(leader == 1 || leader == 2, "no leader");
+    let follower = 3 - leader;
+    // On the public listener an unsigned admin call is refused, with what to do instead.
+    wl(d, &spec(1).api, &["cluster", "status"]).fails(3, "--admin");
+    wl(d, &spec(1).api, &["cluster", "add-learner", "3:nonsense"]).fails(2, "ID:RAFT_HOST:PORT");
+    // Signed by the authority and sent to the follower: the call follows the leader.
+    let member = format!("3:{}:{}", spec(3).raft, spec(3).api);
+    let added = wl(
+        d,
+        &spec(follower).api,
+        &[
+            "-O",
+            "json",
+            "cluster",
+            "add-learner",
+            &member,
+            "--key",
+            "authority.key",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(added["learners"][0]["node_id"], "3", "{added}");
+    // Promote it through the leader's admin listener; the table view shows the new voters.
+    let leader_admin = spec(leader).admin;
+    let promoted = wl(
+        d,
+        &spec(leader).api,
+        &[
+            "cluster",
+            "change-membership",
+            "--voters",
+            "1,2,3",
+            "--admin",
+            &leader_admin,
+        ],
+    )
+    .ok();
+    assert!(promoted.stdout.contains("voters"), "{}", promoted.stdout);
+    let status = wl(
+        d,
+        &spec(leader).api,
+        &["-O", "json", "cluster", "status", "--admin", &leader_admin],
+    )
+    .ok()
+    .json();
+    assert_eq!(status["voters"].as_array().unwrap().len(), 3, "{status}");
+    assert!(
+        status["learners"].as_array().is_none_or(|l| l.is_empty()),
+        "{status}"
+    );
+}

@@ -22,6 +22,7 @@ pub(crate) const EXIT_CODES_HELP: &str = "Exit codes:
 
 Environment:
   WASTELEDGER_NODE     node API address (HOST:PORT), default 127.0.0.1:7201
+  WASTELEDGER_ADMIN    a node's admin listener for `cluster` commands (HOST:PORT)
   WASTELEDGER_GENESIS  the network's genesis file, needed to sign and to verify";
 
 /// Why a command failed, with the exit code and an optional hint on what to do.

@@ -75,6 +75,8 @@ enum Command {
     /// Download a custody proof, and verify one offline with only the genesis.
     #[command(subcommand)]
     Proof(commands::proof::ProofCommand),
+    /// Administer the cluster: status, adding learners, changing the voter set.
+    Cluster(commands::cluster::ClusterArgs),
     /// Follow the ledger: print each event as it is applied (JSON Lines with --output json).
     ///
     /// A transporter or facility watching its own registry id sees when it is its turn to sign.
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Manifest(c) => commands::manifest::run(&ctx, c),
         Command::Proof(c) => commands::proof::run(&ctx, c),
         Command::Watch(a) => commands::watch::run(&ctx, a),
+        Command::Cluster(a) => commands::cluster::run(&ctx, a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -17,6 +17,8 @@ pub mod keys;
 pub mod report;
 
 #[cfg(feature = "network")]
+pub mod admin;
+#[cfg(feature = "network")]
 pub mod remote;
 
 /// The current time in milliseconds since the Unix epoch (the `occurred_at` of new events).

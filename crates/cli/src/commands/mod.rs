@@ -1,6 +1,7 @@
 //! One module per command group. Each parses nothing itself (clap did) and does no work itself
 //! beyond calling the client library and printing what it returns.
 
+pub(crate) mod cluster;
 pub(crate) mod genesis;
 pub(crate) mod key;
 pub(crate) mod manifest;
