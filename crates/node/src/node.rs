@@ -44,8 +44,8 @@ impl Default for RaftTimings {
             heartbeat_ms: 250,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
-            snapshot_every: 10_000,
-            keep_logs_after_snapshot: 2_000,
+            snapshot_every: 100_000,
+            keep_logs_after_snapshot: 10_000,
         }
     }
 }

@@ -116,8 +116,8 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
         &self,
         request: Request<pb::SignedEvent>,
     ) -> Result<Response<pb::Receipt>, Status> {
-        let forwarded = submit::is_forwarded(&request);
-        self.submit_one(request.into_inner(), forwarded)
+        let call = submit::CallInfo::of(&request);
+        self.submit_one(request.into_inner(), &call)
             .await
             .map(Response::new)
     }
@@ -126,8 +126,8 @@ impl service::ledger_service_server::LedgerService for LedgerApi {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let forwarded = submit::is_forwarded(&request);
-        self.submit_batch(request.into_inner(), forwarded)
+        let call = submit::CallInfo::of(&request);
+        self.submit_batch(request.into_inner(), &call)
             .await
             .map(Response::new)
     }

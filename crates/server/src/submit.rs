@@ -137,14 +137,14 @@ impl LedgerApi {
     pub(crate) async fn submit_one(
         &self,
         event: pb::SignedEvent,
-        forwarded: bool,
+        call: &CallInfo,
     ) -> Result<pb::Receipt, Status> {
         match self.submit_here(&event).await? {
             Outcome::Accepted(receipt) => Ok(receipt),
-            Outcome::NotLeader(Some(leader)) if !forwarded => {
+            Outcome::NotLeader(Some(leader)) if !call.forwarded => {
                 let mut client = self.leader_client(&leader).await?;
                 client
-                    .submit(mark_forwarded(Request::new(event)))
+                    .submit(call.forward(Request::new(event)))
                     .await
                     .map(|r| r.into_inner())
             }
@@ -156,7 +156,7 @@ impl LedgerApi {
     pub(crate) async fn submit_batch(
         &self,
         batch: pb::SubmitBatchRequest,
-        forwarded: bool,
+        call: &CallInfo,
     ) -> Result<pb::SubmitBatchResponse, Status> {
         if batch.events.len() > MAX_BATCH {
             return Err(status(
@@ -172,14 +172,14 @@ impl LedgerApi {
         for (i, event) in batch.events.iter().enumerate() {
             let result = match self.submit_here(event).await {
                 Ok(Outcome::Accepted(receipt)) => pb::submit_result::Result::Accepted(receipt),
-                Ok(Outcome::NotLeader(leader)) if i == 0 && !forwarded => {
+                Ok(Outcome::NotLeader(leader)) if i == 0 && !call.forwarded => {
                     // Nothing decided yet: hand the whole batch to the leader.
                     let Some(leader) = leader else {
                         return Err(no_leader(None));
                     };
                     let mut client = self.leader_client(&leader).await?;
                     return client
-                        .submit_batch(mark_forwarded(Request::new(batch)))
+                        .submit_batch(call.forward(Request::new(batch)))
                         .await
                         .map(|r| r.into_inner());
                 }
@@ -197,16 +197,35 @@ impl LedgerApi {
     }
 }
 
-/// True when a follower forwarded this call.
-pub(crate) fn is_forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_KEY)
+/// How a call arrived: forwarded by a follower or not, and its request id (set by the
+/// request-id layer), which a forwarded call carries on so both nodes log the same id.
+pub(crate) struct CallInfo {
+    pub(crate) forwarded: bool,
+    request_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
-fn mark_forwarded<T>(mut request: Request<T>) -> Request<T> {
-    if let Ok(v) = "1".parse() {
-        request.metadata_mut().insert(FORWARDED_KEY, v);
+impl CallInfo {
+    pub(crate) fn of<T>(request: &Request<T>) -> CallInfo {
+        CallInfo {
+            forwarded: request.metadata().contains_key(FORWARDED_KEY),
+            request_id: request
+                .metadata()
+                .get(crate::runtime::request_id::REQUEST_ID_KEY)
+                .cloned(),
+        }
     }
-    request
+
+    fn forward<T>(&self, mut request: Request<T>) -> Request<T> {
+        if let Ok(v) = "1".parse() {
+            request.metadata_mut().insert(FORWARDED_KEY, v);
+        }
+        if let Some(id) = &self.request_id {
+            request
+                .metadata_mut()
+                .insert(crate::runtime::request_id::REQUEST_ID_KEY, id.clone());
+        }
+        request
+    }
 }
 
 fn no_leader(leader: Option<String>) -> Status {

@@ -320,7 +320,7 @@ impl DurableDb {
             .path(&dir)
             .segment_size(SEGMENT_SIZE)
             .cache_capacity(options.cache_capacity)
-            .mode(sled::Mode::LowSpace)
+            .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
         let db = open_sled(&config)?;
 
