@@ -803,9 +803,28 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
     if !pending.is_empty() {
         let submitted = ctx.remote(async |r| {
             let mut out = Vec::new();
+            let mut lost: Option<String> = None;
             for chunk in pending.chunks(IMPORT_BATCH) {
-                let events = chunk.iter().map(|(_, _, e)| e.clone()).collect();
-                let answers = r.submit_batch(events).await?;
+                // Once the node is lost, the rest is reported as not sent (the results so far
+                // are still printed): re-running the import is safe, recorded lines are refused
+                // as duplicates and the rest go through.
+                let answers = match &lost {
+                    Some(e) => vec![Err(e.clone()); chunk.len()],
+                    None => {
+                        let events = chunk.iter().map(|(_, _, e)| e.clone()).collect();
+                        match r.submit_batch(events).await {
+                            Ok(a) => a
+                                .into_iter()
+                                .map(|a| a.map_err(|e| e.to_string()))
+                                .collect(),
+                            Err(e) => {
+                                let text = format!("not sent: {e}");
+                                lost = Some(text.clone());
+                                vec![Err(text); chunk.len()]
+                            }
+                        }
+                    }
+                };
                 for ((line, number, _), answer) in chunk.iter().zip(answers) {
                     out.push(match answer {
                         Ok(receipt) => ImportResult {
@@ -818,9 +837,14 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
                         Err(e) => ImportResult {
                             line: *line,
                             tracking_number: number.clone(),
-                            result: "refused".into(),
+                            result: if lost.is_some() {
+                                "not sent"
+                            } else {
+                                "refused"
+                            }
+                            .into(),
                             index: None,
-                            error: Some(e.to_string()),
+                            error: Some(e),
                         },
                     });
                 }
@@ -833,7 +857,10 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
     results.sort_by_key(|r| r.line);
     bar.finish_and_clear();
     let invalid = results.iter().filter(|r| r.result == "invalid").count();
-    let refused = results.iter().filter(|r| r.result == "refused").count();
+    let refused = results
+        .iter()
+        .filter(|r| r.result == "refused" || r.result == "not sent")
+        .count();
     if ctx.out.json_mode() {
         ctx.out.json(&results)?;
     } else {
@@ -855,7 +882,7 @@ fn import(ctx: &Context, file: &std::path::Path, key: &std::path::Path) -> CmdRe
                 .collect(),
         );
         ctx.out.say(format!(
-            "{} recorded, {invalid} invalid, {refused} refused",
+            "{} recorded, {invalid} invalid, {refused} refused or not sent",
             results.len() - invalid - refused
         ));
     }
