@@ -275,6 +275,31 @@ fn write_network(cluster: &Cluster, dir: &Path) {
     }
 }
 
+/// Waits (bounded) until node 1's admin listener answers and names a leader; returns its id.
+/// The node processes start in the background: the CLI rightly fails fast on a node that is not
+/// listening yet, so the tests wait here rather than race it.
+fn wait_for_leader(cluster: &Cluster, d: &Path) -> u64 {
+    let spec = &cluster.specs[&1];
+    for _ in 0..300 {
+        let status = wl(
+            d,
+            &spec.api,
+            &["-O", "json", "cluster", "status", "--admin", &spec.admin],
+        );
+        if status.code == 0 {
+            let leader = status.json()["leader_id"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if leader != 0 {
+                return leader;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    0
+}
+
 #[test]
 fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     let cluster = Cluster::start(Path::new(BIN), 3);
@@ -284,6 +309,7 @@ fn whole_lifecycle_through_the_cli_against_a_real_cluster() {
     let node = cluster.specs[&1].api.clone();
     let run = |args: &[&str]| wl(d, &node, args);
     let key = |id: &str| format!("{id}.key");
+    assert_ne!(wait_for_leader(&cluster, d), 0, "no leader");
 
     // The authority registers every party (the first call waits out the first election).
     for id in cluster.net.party_keys.keys() {
@@ -821,25 +847,7 @@ fn cluster_commands_add_a_learner_and_promote_it() {
     let d = dir.path();
     write_network(&cluster, d);
     let spec = |id: u64| cluster.specs[&id].clone();
-    // Wait for a leader, asking node 1's admin listener (no credentials there).
-    let mut leader = 0;
-    for _ in 0..150 {
-        let status = wl(
-            d,
-            &spec(1).api,
-            &["-O", "json", "cluster", "status", "--admin", &spec(1).admin],
-        );
-        if status.code == 0 {
-            leader = status.json()["leader_id"]
-                .as_str()
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(0);
-            if leader != 0 {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let leader = wait_for_leader(&cluster, d);
     assert!(leader == 1 || leader == 2, "no leader");
     let follower = 3 - leader;
     // On the public listener an unsigned admin call is refused, with what to do instead.
