@@ -24,8 +24,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("wasteledger_v1_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
+    let descriptor_bytes = prost::Message::encode_to_vec(&descriptors);
     prost_build::Config::new()
         // Byte fields stay Vec<u8>; maps are not used anywhere in signed messages.
         .compile_fds(descriptors)?;
+    json(&descriptor_bytes)?;
+    Ok(())
+}
+
+/// With the `json` feature: canonical protobuf-JSON serde impls (pbjson) for every message, so
+/// manifests and events can be written and read as JSON or TOML files by tools. Field names stay
+/// the proto names (snake_case) so a file reads like the .proto it follows; both spellings are
+/// accepted on input.
+#[cfg(feature = "json")]
+fn json(descriptors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    pbjson_build::Builder::new()
+        .register_descriptors(descriptors)?
+        .preserve_proto_field_names()
+        .build(&[".wasteledger.v1"])?;
+    Ok(())
+}
+
+#[cfg(not(feature = "json"))]
+fn json(_descriptors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }

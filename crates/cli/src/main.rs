@@ -1,17 +1,39 @@
-//! `wasteledger`: the one binary. Thin: it parses arguments and calls the library crates.
+//! `wasteledger`: the one binary. Thin: it parses arguments, prints results and maps failures to
+//! exit codes; the work is done by `wasteledger-client`, `wasteledger-server` and the core.
+
+mod commands;
+mod exit;
+mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::commands::Context;
+use crate::exit::{EXIT_CODES_HELP, Failure};
+use crate::output::{Format, Out};
 
 /// A distributed, tamper-evident ledger for hazardous-waste manifests.
+///
+/// Run nodes, manage keys and parties, create and sign manifests, and download and verify
+/// custody proofs offline. Start with `wasteledger demo`, or see the CLI tour in README.md.
 #[derive(Parser)]
-#[command(name = "wasteledger", version, about, long_about = None)]
+#[command(name = "wasteledger", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// How to print results: human tables, or JSON for scripts.
+    #[arg(long, short = 'O', global = true, value_enum, default_value = "table")]
+    output: Format,
+    /// The node API to talk to (HOST:PORT). Any node serves; writes are forwarded to the leader.
+    #[arg(long, global = true, env = "WASTELEDGER_NODE", default_value = wasteledger_client::remote::DEFAULT_NODE)]
+    node: String,
+    /// The network's genesis file: signatures are bound to its ledger id, and proofs are
+    /// verified against it.
+    #[arg(long, global = true, env = "WASTELEDGER_GENESIS")]
+    genesis: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,125 +50,107 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a three-node cluster in this process on loopback and walk through realistic
-    /// manifests: a two-leg shipment with a node outage midway, a rejection sent to the
-    /// alternate facility, and a custody proof verified offline (and a forged copy caught).
+    /// Run a three-node cluster in this process and walk through realistic manifests.
+    ///
+    /// On loopback, with temporary data directories: a two-leg shipment with a node outage
+    /// midway, a quantity discrepancy corrected with every party's approval, a rejection sent to
+    /// the alternate facility, and a custody proof verified offline (and a forged copy caught).
     Demo {
         /// Keep the cluster's data here instead of a temporary directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Generate and inspect signing keys (offline).
+    #[command(subcommand)]
+    Key(commands::key::KeyCommand),
+    /// Create and inspect a network's genesis file (offline).
+    #[command(subcommand)]
+    Genesis(commands::genesis::GenesisCommand),
+    /// Register parties and manage their keys (signed events sent to a node).
+    #[command(subcommand)]
+    Party(commands::party::PartyCommand),
+    /// Create manifests, sign and submit lifecycle events, and read manifests.
+    #[command(subcommand, after_help = commands::manifest::EXAMPLES)]
+    Manifest(commands::manifest::ManifestCommand),
+    /// Download a custody proof, and verify one offline with only the genesis.
+    #[command(subcommand)]
+    Proof(commands::proof::ProofCommand),
+    /// Administer the cluster: status, adding learners, changing the voter set.
+    Cluster(commands::cluster::ClusterArgs),
+    /// Follow the ledger: print each event as it is applied (JSON Lines with --output json).
+    ///
+    /// A transporter or facility watching its own registry id sees when it is its turn to sign.
+    /// Starts from --from (default: the current end of the ledger) and runs until Ctrl-C or
+    /// --count events.
+    Watch(commands::watch::WatchArgs),
+    /// Print a shell completion script.
+    ///
+    /// For example: `wasteledger completions bash > /etc/bash_completion.d/wasteledger`, or
+    /// `wasteledger completions zsh > ~/.zfunc/_wasteledger`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
-
-/// Exit code for usage and configuration errors.
-const EXIT_USAGE: u8 = 2;
-/// Exit code when the node fails at run time.
-const EXIT_FAILURE: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
+    let out = Out { format: cli.output };
+    let ctx = Context {
+        node: cli.node,
+        genesis: cli.genesis,
+        out,
+    };
+    let result = match cli.command {
+        Command::Node { config } => commands::run::node(config),
+        Command::Demo { data_dir } => commands::run::demo(data_dir),
+        Command::Key(c) => commands::key::run(&ctx, c),
+        Command::Genesis(c) => commands::genesis::run(&ctx, c),
+        Command::Party(c) => commands::party::run(&ctx, c),
+        Command::Manifest(c) => commands::manifest::run(&ctx, c),
+        Command::Proof(c) => commands::proof::run(&ctx, c),
+        Command::Watch(a) => commands::watch::run(&ctx, a),
+        Command::Cluster(a) => commands::cluster::run(&ctx, a),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "wasteledger",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => report(f),
+    }
+}
+
+fn report(f: Failure) -> ExitCode {
+    eprintln!("error: {}", f.error);
+    if let Some(hint) = &f.hint {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(f.code)
+}
+
+fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // The demo narrates on stdout; keep its log to warnings.
-        let default = if matches!(cli.command, Command::Demo { .. }) {
-            "warn,openraft=error"
-        } else {
-            "info,openraft=warn"
+        let default = match cli.command {
+            Command::Node { .. } => "info,openraft=warn",
+            // The demo narrates on stdout and client commands print results: keep logs quiet.
+            _ => "warn,openraft=error",
         };
         tracing_subscriber::EnvFilter::new(default)
     });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
+        builder.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-    match cli.command {
-        Command::Node { config } => run_node(config),
-        Command::Demo { data_dir } => run_demo(data_dir),
-    }
-}
-
-fn run_demo(data_dir: Option<PathBuf>) -> ExitCode {
-    let temp = match data_dir {
-        Some(_) => None,
-        None => match tempfile::tempdir() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("error: cannot create a temporary directory: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        },
-    };
-    let dir = data_dir.unwrap_or_else(|| {
-        temp.as_ref()
-            .map(|t| t.path().to_path_buf())
-            .unwrap_or_default()
-    });
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let mut out = std::io::stdout();
-    match runtime.block_on(wasteledger_server::demo::run(dir, &mut out)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
-}
-
-fn run_node(path: PathBuf) -> ExitCode {
-    let config = match wasteledger_node::config::NodeConfig::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    match runtime.block_on(wasteledger_server::runtime::run_node(
-        config,
-        shutdown_signal(),
-    )) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        builder.init();
     }
 }

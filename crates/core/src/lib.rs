@@ -43,6 +43,11 @@ mod rules_tests;
 pub mod pb {
     #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     include!(concat!(env!("OUT_DIR"), "/wasteledger.v1.rs"));
+    // Canonical protobuf-JSON (proto field names, enum names, base64 bytes, 64-bit integers as
+    // strings) for tools that read and write message files; off by default so nodes and the
+    // offline verifier carry no serde code they do not use.
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/wasteledger.v1.serde.rs"));
 }
 
 pub use hash::{Digest, Purpose};

@@ -185,8 +185,14 @@ pub async fn run(data_dir: PathBuf, out: &mut dyn Write) -> Result<(), DemoError
     say(
         out,
         format!(
-            "   {} parties registered (authority-signed)",
-            net.party_keys.len()
+            "   {} parties registered (authority-signed): generator {}, carriers {} and {}, facilities {} and {}, regulator {}",
+            net.party_keys.len(),
+            ids::GENERATOR,
+            ids::ROAD,
+            ids::RAIL,
+            ids::FACILITY,
+            ids::ALTERNATE,
+            ids::REGULATOR
         ),
     );
 
@@ -289,10 +295,12 @@ pub async fn run(data_dir: PathBuf, out: &mut dyn Write) -> Result<(), DemoError
         Ok(_) => return Err(DemoError::Unexpected("a forged pickup was accepted".into())),
     }
 
+    manifest_b(&net, &apis, out).await?;
+
     // Manifest C: rejected at the gate, sent to the alternate facility.
     say(
         out,
-        "\n3. Manifest cn:20261502000003 — rejected at the gate, sent to the alternate facility"
+        "\n4. Manifest cn:20261502000003 — rejected at the gate, sent to the alternate facility"
             .into(),
     );
     let mut c = ManifestFlow::new(&net, "20261502000003", T0).map_err(setup)?;
@@ -341,7 +349,7 @@ pub async fn run(data_dir: PathBuf, out: &mut dyn Write) -> Result<(), DemoError
     }
 
     // All nodes agree; a checkpoint is cosigned; the regulator downloads and verifies a proof.
-    say(out, "\n4. Every node holds the same ledger".into());
+    say(out, "\n5. Every node holds the same ledger".into());
     let deadline = Instant::now() + Duration::from_secs(60);
     let final_head = loop {
         let mut heads = Vec::new();
@@ -374,7 +382,7 @@ pub async fn run(data_dir: PathBuf, out: &mut dyn Write) -> Result<(), DemoError
 
     say(
         out,
-        "\n5. A regulator downloads the custody proof of cn:20261502000001 and checks it offline"
+        "\n6. A regulator downloads the custody proof of cn:20261502000001 and checks it offline"
             .into(),
     );
     let request = pb::GetCustodyProofRequest {
@@ -457,11 +465,166 @@ pub async fn run(data_dir: PathBuf, out: &mut dyn Write) -> Result<(), DemoError
     say(
         out,
         format!(
-            "\nDone in {:.1} s: 3 manifests, 1 node outage, 0 events lost, 1 proof verified, 1 forgery caught.",
+            "\nDone in {:.1} s: 3 manifests (one corrected with every party's approval, one rejected to the alternate), 1 node outage, 0 events lost, 1 proof verified, 1 forgery caught.",
             started.elapsed().as_secs_f64()
         ),
     );
     Ok(())
+}
+
+/// Manifest B: a receipt with a significant quantity discrepancy, corrected by the facility and
+/// taking effect once the generator and the carrier (every other signer) approve.
+async fn manifest_b(
+    net: &SampleNetwork,
+    apis: &[String],
+    out: &mut dyn Write,
+) -> Result<(), DemoError> {
+    let say = |out: &mut dyn Write, line: String| {
+        let _ = writeln!(out, "{line}");
+    };
+    say(
+        out,
+        "\n3. Manifest cn:20261502000002 — weighed short at receipt, corrected with everyone's approval"
+            .into(),
+    );
+    let mut b = ManifestFlow::new(net, "20261502000002", T0).map_err(setup)?;
+    let mut received_hash = None;
+    let steps: Vec<(String, Kind, Vec<&str>)> = vec![
+        (
+            "created by the generator".into(),
+            Kind::ManifestCreated(pb::ManifestCreated {
+                manifest: Some(net.manifest("20261502000002", &[ids::ROAD])),
+            }),
+            vec![ids::GENERATOR],
+        ),
+        (
+            "pickup: generator -> road carrier".into(),
+            ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+            vec![ids::GENERATOR, ids::ROAD],
+        ),
+        (
+            "delivered to the incinerator".into(),
+            ManifestFlow::handoff(ids::ROAD, ids::FACILITY),
+            vec![ids::ROAD, ids::FACILITY],
+        ),
+        (
+            "received: line 1 weighed 7.2 t against 8.5 t shipped".into(),
+            ManifestFlow::received("7.2", "1800", 12),
+            vec![ids::FACILITY],
+        ),
+    ];
+    for (i, (label, kind, signers)) in steps.into_iter().enumerate() {
+        let e = b.event(kind, &signers);
+        let r = submit(&apis[i % apis.len()], &e)
+            .await
+            .map_err(|s| DemoError::Unexpected(s.message().to_owned()))?;
+        b.accept(&e);
+        received_hash = Some(b.head);
+        say(out, format!("   #{:<3} {label}", r.index));
+    }
+    let state = manifest_state(&apis[0], "20261502000002").await?;
+    for d in state.discrepancies.iter().filter(|d| d.significant) {
+        say(
+            out,
+            format!(
+                "        line {}: {}{}.{:02} % — a significant discrepancy under the EPA rule (over 10 %)",
+                d.line_number,
+                // Sign first: the integer part alone loses it below 1 %.
+                if d.deviation_bp.unwrap_or(0) < 0 {
+                    "-"
+                } else {
+                    "+"
+                },
+                d.deviation_bp.unwrap_or(0).unsigned_abs() / 100,
+                d.deviation_bp.unwrap_or(0).unsigned_abs() % 100
+            ),
+        );
+    }
+    let correction = Kind::Correction(pb::Correction {
+        amends_event: received_hash.map(|h| h.0.to_vec()).unwrap_or_default(),
+        changes: vec![pb::CorrectionChange {
+            change: Some(pb::correction_change::Change::ReceivedLine(
+                pb::ReceivedLine {
+                    line_number: 1,
+                    quantity: Some(pb::Quantity {
+                        amount: "8.45".into(),
+                        unit: pb::QuantityUnit::MetricTonnes as i32,
+                        estimated: false,
+                    }),
+                    container_count: 1,
+                    ..Default::default()
+                },
+            )),
+        }],
+        reason: "weighbridge ticket misread: 8.45 t, not 7.2 t".into(),
+    });
+    let e = b.event(correction, &[ids::FACILITY]);
+    let r = submit(&apis[1], &e)
+        .await
+        .map_err(|s| DemoError::Unexpected(s.message().to_owned()))?;
+    b.accept(&e);
+    let correction_hash = b.head;
+    say(
+        out,
+        format!(
+            "   #{:<3} correction proposed by the facility (amends the receipt: 8.45 t); nothing is edited in place",
+            r.index
+        ),
+    );
+    for party in [ids::GENERATOR, ids::ROAD] {
+        let decision = Kind::CorrectionDecision(pb::CorrectionDecision {
+            correction_event: correction_hash.0.to_vec(),
+            approve: true,
+            comment: String::new(),
+        });
+        let e = b.event(decision, &[party]);
+        let r = submit(&apis[2], &e)
+            .await
+            .map_err(|s| DemoError::Unexpected(s.message().to_owned()))?;
+        b.accept(&e);
+        say(out, format!("   #{:<3} approved by {party}", r.index));
+    }
+    let state = manifest_state(&apis[0], "20261502000002").await?;
+    let line1 = state
+        .received
+        .iter()
+        .find(|l| l.line_number == 1)
+        .and_then(|l| l.quantity.as_ref())
+        .map(|q| q.amount.clone())
+        .unwrap_or_default();
+    if state.corrections_applied != 1 || line1 != "8.45" {
+        return Err(DemoError::Unexpected(format!(
+            "the approved correction did not take effect (applied {}, line 1 {line1})",
+            state.corrections_applied
+        )));
+    }
+    say(
+        out,
+        format!(
+            "        correction in effect: line 1 received {line1} t, {} significant discrepancies left",
+            state.discrepancies.iter().filter(|d| d.significant).count()
+        ),
+    );
+    Ok(())
+}
+
+async fn manifest_state(api: &str, number: &str) -> Result<pb::ManifestState, DemoError> {
+    let request = pb::GetManifestRequest {
+        tracking_number: Some(pb::TrackingNumber {
+            scheme: pb::TrackingScheme::Cn as i32,
+            number: number.into(),
+        }),
+        ..Default::default()
+    };
+    let mut c = client(api)
+        .await
+        .ok_or_else(|| DemoError::Unexpected(format!("node {api} unreachable")))?;
+    c.get_manifest(request)
+        .await
+        .map_err(|s| DemoError::Unexpected(s.message().to_owned()))?
+        .into_inner()
+        .state
+        .ok_or_else(|| DemoError::Unexpected(format!("manifest {number} not found")))
 }
 
 fn hex_short(bytes: &[u8]) -> String {

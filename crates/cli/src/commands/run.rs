@@ -1,0 +1,71 @@
+//! `node` and `demo`: run the server code in this process.
+
+use std::path::PathBuf;
+
+use crate::exit::{CmdResult, Failure, REMOTE, USAGE};
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        Failure::new(
+            REMOTE,
+            anyhow::anyhow!("cannot start the async runtime: {e}"),
+        )
+    })
+}
+
+/// `wasteledger demo`.
+pub(crate) fn demo(data_dir: Option<PathBuf>) -> CmdResult {
+    let temp = match data_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().map_err(|e| {
+            Failure::new(
+                REMOTE,
+                anyhow::anyhow!("cannot create a temporary directory: {e}"),
+            )
+        })?),
+    };
+    let dir = data_dir.unwrap_or_else(|| {
+        temp.as_ref()
+            .map(|t| t.path().to_path_buf())
+            .unwrap_or_default()
+    });
+    let mut out = std::io::stdout();
+    runtime()?
+        .block_on(wasteledger_server::demo::run(dir, &mut out))
+        .map_err(|e| Failure::new(REMOTE, anyhow::anyhow!("demo failed: {e}")))
+}
+
+/// `wasteledger node --config FILE`.
+pub(crate) fn node(path: PathBuf) -> CmdResult {
+    let config =
+        wasteledger_node::config::NodeConfig::load(&path).map_err(|e| Failure::new(USAGE, e))?;
+    runtime()?
+        .block_on(wasteledger_server::runtime::run_node(
+            config,
+            shutdown_signal(),
+        ))
+        .map_err(|e| Failure::new(REMOTE, e))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
