@@ -89,12 +89,34 @@ pub(crate) async fn drive(
 ) -> anyhow::Result<(Instant, Vec<Sample>, u64)> {
     let queue = Arc::new(Mutex::new(VecDeque::from(lifecycles)));
     let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Long runs report progress on stderr every 10 s, so a run cut short still says how far
+    // it got and how fast.
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut last = (start, 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let now = Instant::now();
+                let n = done.load(std::sync::atomic::Ordering::Relaxed);
+                let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                eprintln!(
+                    "[{:>6.0} s] {n} events, {rate:.0} events/s over the last 10 s",
+                    now.duration_since(start).as_secs_f64()
+                );
+                last = (now, n);
+            }
+        })
+    };
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let queue = queue.clone();
         let retries = retries.clone();
+        let done = done.clone();
         let api = target.api.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = LedgerServiceClient::connect(format!("http://{api}"))
@@ -137,6 +159,7 @@ pub(crate) async fn drive(
                         done: Instant::now(),
                         latency: t.elapsed(),
                     });
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Ok::<_, anyhow::Error>(samples)
@@ -146,6 +169,7 @@ pub(crate) async fn drive(
     for t in tasks {
         all.extend(t.await.context("client task")??);
     }
+    progress.abort();
     Ok((
         started,
         all,
