@@ -361,47 +361,33 @@ fn status_index_name(s: pb::ManifestStatus) -> &'static str {
     }
 }
 
-/// One page of manifests: scans in tracking-number order after `after`, examining at most
-/// [`SCAN_BUDGET`] records. Returns the page and the token to resume after, if any.
-pub(crate) fn list_manifests(
-    store: &LedgerStore,
-    filter: &ManifestFilter,
-    after: Option<String>,
+/// Records examined per store read while filling a page.
+const CHUNK: usize = 256;
+
+/// Fills one page: reads `(key, record)` chunks in key order after the cursor with `fetch`,
+/// keeps the records `keep` accepts, and stops at `page_size` kept records or [`SCAN_BUDGET`]
+/// examined ones. Returns the page and the token to resume after (empty at the end). A record
+/// that vanished between an index and its read (`None`) is skipped.
+fn paginate<T>(
     page_size: usize,
-) -> Result<(Vec<pb::ManifestState>, String), Status> {
+    after: Option<String>,
+    mut fetch: impl FnMut(Option<&str>, usize) -> Result<Vec<(String, Option<T>)>, Status>,
+    keep: impl Fn(&T) -> bool,
+) -> Result<(Vec<T>, String), Status> {
     let mut page = Vec::new();
     let mut cursor = after;
     let mut examined = 0usize;
-    const CHUNK: usize = 256;
     loop {
-        let chunk: Vec<(String, Option<pb::ManifestState>)> = match filter.index() {
-            Some((kind, value)) => store
-                .index_scan(kind, &value, cursor.as_deref(), CHUNK)
-                .map_err(|e| internal(e.to_string()))?
-                .into_iter()
-                .map(|t| {
-                    let state = store
-                        .manifest_state(&t)
-                        .map_err(|e| internal(e.to_string()))?;
-                    Ok((t, state))
-                })
-                .collect::<Result<_, Status>>()?,
-            None => store
-                .manifests_after(cursor.as_deref(), CHUNK)
-                .map_err(|e| internal(e.to_string()))?
-                .into_iter()
-                .map(|(t, s)| (t, Some(s)))
-                .collect(),
-        };
+        let chunk = fetch(cursor.as_deref(), CHUNK)?;
         let exhausted = chunk.len() < CHUNK;
-        for (tracking, state) in chunk {
+        for (key, record) in chunk {
             examined += 1;
-            if let Some(state) = state
-                && filter.matches(&state)
+            if let Some(record) = record
+                && keep(&record)
             {
-                page.push(state);
+                page.push(record);
             }
-            cursor = Some(tracking);
+            cursor = Some(key);
             if page.len() >= page_size || examined >= SCAN_BUDGET {
                 // More may follow; the next call resumes after the last key examined.
                 return Ok((
@@ -416,6 +402,37 @@ pub(crate) fn list_manifests(
     }
 }
 
+/// One page of manifests matching `filter`, in tracking-number order after `after`, through
+/// the most selective index.
+pub(crate) fn list_manifests(
+    store: &LedgerStore,
+    filter: &ManifestFilter,
+    after: Option<String>,
+    page_size: usize,
+) -> Result<(Vec<pb::ManifestState>, String), Status> {
+    let index = filter.index();
+    let fetch = |cursor: Option<&str>, limit: usize| match &index {
+        Some((kind, value)) => store
+            .index_scan(*kind, value, cursor, limit)
+            .map_err(|e| internal(e.to_string()))?
+            .into_iter()
+            .map(|t| {
+                let state = store
+                    .manifest_state(&t)
+                    .map_err(|e| internal(e.to_string()))?;
+                Ok((t, state))
+            })
+            .collect::<Result<Vec<_>, Status>>(),
+        None => Ok(store
+            .manifests_after(cursor, limit)
+            .map_err(|e| internal(e.to_string()))?
+            .into_iter()
+            .map(|(t, s)| (t, Some(s)))
+            .collect()),
+    };
+    paginate(page_size, after, fetch, |m| filter.matches(m))
+}
+
 /// One page of parties in registry-id order, optionally only those holding `role`.
 pub(crate) fn list_parties(
     store: &LedgerStore,
@@ -423,43 +440,76 @@ pub(crate) fn list_parties(
     after: Option<String>,
     page_size: usize,
 ) -> Result<(Vec<pb::PartyState>, String), Status> {
-    let mut page = Vec::new();
-    let mut cursor = after;
-    let mut examined = 0usize;
-    const CHUNK: usize = 256;
-    loop {
-        let chunk = store
-            .parties_after(cursor.as_deref(), CHUNK)
-            .map_err(|e| internal(e.to_string()))?;
-        let exhausted = chunk.len() < CHUNK;
-        for (id, party) in chunk {
-            examined += 1;
-            let holds = role.is_none_or(|r| {
-                party
-                    .party
-                    .as_ref()
-                    .is_some_and(|p| p.roles.contains(&(r as i32)))
-            });
-            if holds {
-                page.push(party);
-            }
-            cursor = Some(id);
-            if page.len() >= page_size || examined >= SCAN_BUDGET {
-                return Ok((
-                    page,
-                    cursor.as_deref().map(encode_token).unwrap_or_default(),
-                ));
-            }
-        }
-        if exhausted {
-            return Ok((page, String::new()));
-        }
-    }
+    let fetch = |cursor: Option<&str>, limit: usize| {
+        Ok(store
+            .parties_after(cursor, limit)
+            .map_err(|e| internal(e.to_string()))?
+            .into_iter()
+            .map(|(id, p)| (id, Some(p)))
+            .collect())
+    };
+    let holds = |party: &pb::PartyState| {
+        role.is_none_or(|r| {
+            party
+                .party
+                .as_ref()
+                .is_some_and(|p| p.roles.contains(&(r as i32)))
+        })
+    };
+    paginate(page_size, after, fetch, holds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_follow_the_cursor_to_an_empty_end_and_bound_the_scan() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i:04}")).collect();
+        let fetch = |after: Option<&str>, limit: usize| {
+            Ok(keys
+                .iter()
+                .filter(|k| after.is_none_or(|a| k.as_str() > a))
+                .take(limit)
+                .map(|k| (k.clone(), Some(k.clone())))
+                .collect::<Vec<_>>())
+        };
+        // Every 10th key, 30 per page: pages of 30, 30, 30, 10, and no token after the last.
+        let keep = |k: &String| k.ends_with('0');
+        let mut after = None;
+        let mut sizes = Vec::new();
+        loop {
+            let (page, token) = paginate(30, after, fetch, keep).unwrap();
+            sizes.push(page.len());
+            if token.is_empty() {
+                break;
+            }
+            after = decode_token(&token).unwrap();
+        }
+        assert_eq!(sizes, vec![30, 30, 30, 10]);
+        // Nothing matches: the scan stops at the budget with a token to go on from.
+        let (page, token) = paginate(30, None, fetch, |_| false).unwrap();
+        assert!(page.is_empty());
+        assert!(
+            token.is_empty(),
+            "1000 keys < budget: one call reaches the end"
+        );
+        let many: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
+        let fetch_many = |after: Option<&str>, limit: usize| {
+            Ok(many
+                .iter()
+                .filter(|k| after.is_none_or(|a| k.as_str() > a))
+                .take(limit)
+                .map(|k| (k.clone(), Some(k.clone())))
+                .collect::<Vec<_>>())
+        };
+        let (page, token) = paginate(30, None, fetch_many, |_| false).unwrap();
+        assert!(page.is_empty());
+        assert_eq!(
+            decode_token(&token).unwrap().as_deref(),
+            Some(many[SCAN_BUDGET - 1].as_str())
+        );
+    }
 
     #[test]
     fn page_tokens_round_trip_and_refuse_forgeries() {
