@@ -20,8 +20,17 @@ pub(crate) const EVENTS_PER_LIFECYCLE: usize = 5;
 /// One manifest's events in chain order.
 pub(crate) type Lifecycle = Vec<pb::SignedEvent>;
 
-/// Signs `count` lifecycles numbered from `first` (CN tracking numbers, city code varied so
-/// that up to 100 million fit).
+/// The CN tracking number of lifecycle `n` (city code varied so that up to 90 million fit).
+fn tracking_number(n: u64) -> String {
+    format!(
+        "2026{:02}{:02}{:06}",
+        15,
+        10 + (n / 1_000_000) % 90,
+        n % 1_000_000
+    )
+}
+
+/// Signs `count` lifecycles numbered from `first` (see [`tracking_number`]).
 pub(crate) fn lifecycles(
     net: &SampleNetwork,
     first: u64,
@@ -29,12 +38,7 @@ pub(crate) fn lifecycles(
 ) -> anyhow::Result<Vec<Lifecycle>> {
     let mut out = Vec::with_capacity(count as usize);
     for n in first..first + count {
-        let number = format!(
-            "2026{:02}{:02}{:06}",
-            15,
-            10 + (n / 1_000_000) % 90,
-            n % 1_000_000
-        );
+        let number = tracking_number(n);
         let start = T0 + (n as i64 % 1000) * HOUR;
         let mut flow = ManifestFlow::new(net, &number, start)
             .map_err(|e| anyhow!("tracking number {number}: {e}"))?;
@@ -317,14 +321,7 @@ async fn proofs(
         .await
         .ok_or_else(|| anyhow!("leader unreachable"))?;
     let numbers: Vec<String> = (1..=last_serial.min(count as u64))
-        .map(|n| {
-            format!(
-                "2026{:02}{:02}{:06}",
-                15,
-                10 + (n / 1_000_000) % 90,
-                n % 1_000_000
-            )
-        })
+        .map(tracking_number)
         .collect();
     let mut bundles = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);

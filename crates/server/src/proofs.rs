@@ -18,6 +18,30 @@ pub(crate) fn published(store: &LedgerStore) -> Result<Option<SignedCheckpoint>,
         .map_err(|e| internal(format!("stored checkpoint unreadable: {e}")))
 }
 
+/// The published checkpoint as a note, when it covers ledger index `index`. A receipt asks
+/// this for every accepted event, and the entry just committed is usually not covered yet, so
+/// the size is read first and the checkpoint (roots, cosignatures) built only when it is.
+pub(crate) fn note_covering(
+    store: &LedgerStore,
+    index: u64,
+) -> Result<Option<pb::SignedNote>, Status> {
+    let covered = store
+        .published_size()
+        .map_err(|e| internal(format!("stored checkpoint unreadable: {e}")))?
+        .is_some_and(|size| size > index);
+    if !covered {
+        return Ok(None);
+    }
+    Ok(published(store)?.map(|c| note(&c)))
+}
+
+fn published_size(store: &LedgerStore) -> Result<u64, Status> {
+    store
+        .published_size()
+        .map_err(|e| internal(format!("stored checkpoint unreadable: {e}")))?
+        .ok_or_else(none_published)
+}
+
 pub(crate) fn none_published() -> Status {
     status(
         tonic::Code::Unavailable,
@@ -53,10 +77,7 @@ pub(crate) fn custody_proof(
 /// node has.
 fn resolve_size(store: &LedgerStore, requested: u64, what: &str) -> Result<u64, Status> {
     let size = if requested == 0 {
-        published(store)?
-            .ok_or_else(none_published)?
-            .checkpoint
-            .size
+        published_size(store)?
     } else {
         requested
     };

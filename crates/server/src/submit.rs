@@ -11,7 +11,7 @@ use wasteledger_core::pb;
 use wasteledger_node::node::WriteError;
 use wasteledger_node::types::LedgerResponse;
 
-use crate::proofs::{note, published};
+use crate::proofs::note_covering;
 use crate::read::entry_at;
 use crate::{
     LEADER_KEY, LedgerApi, LedgerServiceClient, MAX_RESPONSE_BYTES, code_for_kind, status,
@@ -41,18 +41,13 @@ impl LedgerApi {
                 event_hash,
                 leaf_hash,
                 tree_size,
-            }) => {
-                let checkpoint = self.read_store(published)?;
-                Ok(Outcome::Accepted(pb::Receipt {
-                    index,
-                    event_hash: event_hash.to_vec(),
-                    leaf_hash: leaf_hash.to_vec(),
-                    tree_size,
-                    checkpoint: checkpoint
-                        .filter(|c| c.checkpoint.size > index)
-                        .map(|c| note(&c)),
-                }))
-            }
+            }) => Ok(Outcome::Accepted(pb::Receipt {
+                index,
+                event_hash: event_hash.to_vec(),
+                leaf_hash: leaf_hash.to_vec(),
+                tree_size,
+                checkpoint: self.read_store(|s| note_covering(s, index))?,
+            })),
             Ok(LedgerResponse::Rejected {
                 duplicate_of: Some(index),
                 ..
@@ -101,15 +96,12 @@ impl LedgerApi {
             let entry = entry_at(s, index)?;
             let decoded = wasteledger_core::entry::LedgerEntry::decode(&entry)
                 .map_err(|e| crate::internal(e.to_string()))?;
-            let checkpoint = published(s)?;
             Ok(pb::Receipt {
                 index,
                 event_hash: event_hash(&ledger_id, &decoded.body).0.to_vec(),
                 leaf_hash: wasteledger_core::entry::leaf_hash(&entry).0.to_vec(),
                 tree_size: index + 1,
-                checkpoint: checkpoint
-                    .filter(|c| c.checkpoint.size > index)
-                    .map(|c| note(&c)),
+                checkpoint: note_covering(s, index)?,
             })
         })
     }

@@ -886,7 +886,8 @@ impl LedgerStore {
         })
     }
 
-    fn published_size(&self) -> Result<Option<u64>, StoreError> {
+    /// The size of the latest published checkpoint (one point read, no checkpoint built).
+    pub fn published_size(&self) -> Result<Option<u64>, StoreError> {
         match self.read(&key(STATE, PUBLISHED))? {
             Some(v) => Ok(Some(read_u64(&v, "published checkpoint size")?)),
             None => Ok(None),
@@ -1026,8 +1027,7 @@ impl LedgerView for LedgerStore {
         {
             return Some(record.clone());
         }
-        let bytes = self.read(&key(PARTY, registry_id.as_bytes())).ok()??;
-        let record = PartyRecord::from_pb(&pb::PartyState::decode(bytes.as_ref()).ok()?).ok()?;
+        let record = PartyRecord::from_pb(&self.party_state(registry_id).ok()??).ok()?;
         self.cache_party(&record);
         Some(record)
     }
