@@ -1633,7 +1633,12 @@ mod tests {
         let db = DurableDb::open(dir.path().join("db"))?;
         let log = LogStorage::new(LogStore::open(db.clone())?);
         let snapshot_dir = dir.path().join("snapshots");
-        let sm = LedgerStateMachine::open(&db, sample.genesis, snapshot_dir.clone())?;
+        let sm = LedgerStateMachine::open(
+            &db,
+            sample.genesis,
+            snapshot_dir.clone(),
+            dir.path().join("ledger.map"),
+        )?;
         let config = Config {
             heartbeat_interval: 100,
             election_timeout_min: 1000,

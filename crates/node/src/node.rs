@@ -157,6 +157,7 @@ impl Node {
             &db,
             options.genesis.clone(),
             options.data_dir.join("snapshots"),
+            options.data_dir.join("ledger.map"),
         )?;
         state_machine
             .with_store(|s| s.verify_integrity())?

@@ -66,17 +66,20 @@ pub struct LedgerStateMachine {
     db: DurableDb,
     genesis: Genesis,
     snapshot_dir: PathBuf,
+    map_path: PathBuf,
 }
 
 impl LedgerStateMachine {
-    /// Opens the state machine stored in `db`, with snapshots kept in `snapshot_dir`.
+    /// Opens the state machine stored in `db` and the completeness-map file at `map_path`, with
+    /// snapshots kept in `snapshot_dir`.
     pub fn open(
         db: &DurableDb,
         genesis: Genesis,
         snapshot_dir: PathBuf,
+        map_path: PathBuf,
     ) -> Result<LedgerStateMachine, StoreError> {
         fs::create_dir_all(&snapshot_dir)?;
-        let store = LedgerStore::open(db.raw_tree(LEDGER_TREE)?, genesis.clone())?;
+        let store = LedgerStore::open(db.raw_tree(LEDGER_TREE)?, &map_path, genesis.clone())?;
         let last_applied = match store.get_meta(LAST_APPLIED)? {
             Some(b) => decode(&b)
                 .map_err(|e| StoreError::Inconsistent(format!("raft last applied: {e}")))?,
@@ -99,6 +102,7 @@ impl LedgerStateMachine {
             db: db.clone(),
             genesis,
             snapshot_dir,
+            map_path,
         })
     }
 
@@ -520,8 +524,13 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             let mut inner = this.lock()?;
             let tree = this.db.raw_tree(LEDGER_TREE).map_err(io_err)?;
-            let store = LedgerStore::import(tree, this.genesis.clone(), records.into_iter())
-                .map_err(io_err)?;
+            let store = LedgerStore::import(
+                tree,
+                &this.map_path,
+                this.genesis.clone(),
+                records.into_iter(),
+            )
+            .map_err(io_err)?;
             store.verify_integrity().map_err(io_err)?;
             let applied = encode(&meta.last_log_id).map_err(io_err)?;
             let membership = encode(&meta.last_membership).map_err(io_err)?;

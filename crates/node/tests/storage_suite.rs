@@ -36,8 +36,13 @@ impl StoreBuilder<TypeConfig, LogStorage, LedgerStateMachine, TempDir> for SledB
         let dir = tempfile::tempdir().map_err(|e| storage_error(&e))?;
         let db = DurableDb::open(dir.path().join("db")).map_err(|e| storage_error(&e))?;
         let log = LogStorage::new(LogStore::open(db.clone()).map_err(|e| storage_error(&e))?);
-        let sm = LedgerStateMachine::open(&db, self.genesis.clone(), dir.path().join("snapshots"))
-            .map_err(|e| storage_error(&e))?;
+        let sm = LedgerStateMachine::open(
+            &db,
+            self.genesis.clone(),
+            dir.path().join("snapshots"),
+            dir.path().join("ledger.map"),
+        )
+        .map_err(|e| storage_error(&e))?;
         Ok((dir, log, sm))
     }
 }

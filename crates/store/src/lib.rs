@@ -9,14 +9,17 @@
 //!   of sled's never-synced blob files.
 //! - [`log`]: [`LogStore`], the raw Raft log (entries, vote, committed, purge point) as opaque
 //!   bytes.
-//! - [`state`]: [`state::LedgerStore`], the ledger state machine's data (entries, Merkle and
-//!   map nodes, subject states, indexes), one atomic batch per applied group of entries, with the startup
-//!   integrity check.
+//! - [`state`]: [`state::LedgerStore`], the ledger state machine's data (entries, Merkle
+//!   nodes, subject states, indexes), one atomic batch per applied group of entries, with the
+//!   startup integrity check.
+//! - [`map_file`]: [`map_file::MapFile`], the completeness map's node versions in an
+//!   append-only file beside sled, derived from the entries and rebuilt from them when needed.
 //! - [`error`]: [`StoreError`], the one error type.
 
 pub mod durable;
 pub mod error;
 pub mod log;
+pub mod map_file;
 pub mod state;
 
 pub use durable::{

@@ -1,38 +1,41 @@
-//! The ledger state machine's data in sled: entries, Merkle nodes, completeness-map nodes,
-//! folded subject states, secondary indexes and node metadata.
+//! The ledger state machine's data: entries, Merkle nodes, folded subject states, secondary
+//! indexes and node metadata in sled; completeness-map nodes in a [`MapFile`] beside it.
 //!
-//! Everything lives in ONE sled tree under one-byte key prefixes, because sled batches are
-//! atomic only within a tree. Applying an entry stages the leaf, the new tree and map nodes, the
-//! subject's new state, its index keys and the caller's metadata (the Raft "last applied");
-//! [`LedgerStore::commit`] writes everything staged as one batch, so a crash leaves the state at
-//! a committed boundary, never in between.
+//! Everything in sled lives in ONE tree under one-byte key prefixes, because sled batches are
+//! atomic only within a tree. Applying an entry stages the leaf, the new tree nodes, the
+//! subject's new state, its index keys and the caller's metadata (the Raft "last applied"), and
+//! appends the new map nodes to the map file's buffer; [`LedgerStore::commit`] writes the map
+//! records, then everything staged as one sled batch that also records the map file's length
+//! and root, so a crash leaves the state at a committed boundary, never in between. The map
+//! file is derived from the entries: [`LedgerStore::open`] cuts it back to the committed length,
+//! or rebuilds it from the entries if it lost records (see [`crate::map_file`]).
 //!
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `E` | index (u64 BE) | leaf bytes (`entry::LedgerEntry`) |
 //! | `N` | level (u8) ‖ index (u64 BE) | Merkle node hash |
-//! | `A` | depth (u16 BE) ‖ prefix (32) ‖ version (u64 BE) | map node (tag ‖ data) |
 //! | `M` | canonical tracking number | `pb::ManifestState` |
 //! | `P` | registry id | `pb::PartyState` |
 //! | `K` | key id | registry id of the owner |
 //! | `H` | event hash | index (u64 BE) |
 //! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | empty (secondary indexes) |
-//! | `S` | name | node state: chain head, last ledger time, integrity checkpoint |
+//! | `S` | name | node state: chain head, last ledger time, integrity checkpoint, map file state |
 //! | `C` | size (u64 BE) ‖ witness name | key hint ‖ signature of the checkpoint at that size |
 //! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use wasteledger_core::checkpoint::{Checkpoint, NoteSignature, SignedCheckpoint};
 use wasteledger_core::custody::ManifestState;
 use wasteledger_core::entry::{LedgerEntry, chain_link, leaf_hash};
-use wasteledger_core::envelope::Subject;
+use wasteledger_core::envelope::{Subject, decode_event};
 use wasteledger_core::genesis::Genesis;
 use wasteledger_core::hash::Digest;
 use wasteledger_core::ledger::{Decision, LedgerView, Rejection, SubjectState, evaluate};
-use wasteledger_core::map::{CompletenessMap, MapNode, MapNodeStore};
+use wasteledger_core::map::CompletenessMap;
 use wasteledger_core::memory::Receipt;
 use wasteledger_core::merkle::{Blake3Hasher, MerkleHasher, MerkleTree, NodeStore};
 use wasteledger_core::pb;
@@ -41,10 +44,10 @@ use wasteledger_core::registry::PartyRecord;
 use wasteledger_core::tracking::Tracking;
 
 use crate::error::StoreError;
+use crate::map_file::MapFile;
 
 const ENTRY: u8 = b'E';
 const NODE: u8 = b'N';
-const MAP: u8 = b'A';
 const MANIFEST: u8 = b'M';
 const PARTY: u8 = b'P';
 const KEY_OWNER: u8 = b'K';
@@ -57,6 +60,8 @@ const CHAIN_HEAD: &[u8] = b"chain_head";
 const LAST_SEQUENCED: &[u8] = b"last_sequenced_at";
 const INTEGRITY: &[u8] = b"integrity_checkpoint";
 const PUBLISHED: &[u8] = b"published_checkpoint";
+/// Map file records covered by the committed state (u64 BE) ‖ map root at the ledger size.
+const MAP_STATE: &[u8] = b"map_file";
 const COSIG: u8 = b'C';
 
 fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
@@ -70,46 +75,6 @@ fn node_key(level: u8, index: u64) -> Vec<u8> {
     let mut k = vec![NODE, level];
     k.extend_from_slice(&index.to_be_bytes());
     k
-}
-
-fn map_key(depth: u16, prefix: &Digest, version: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 2 + 32 + 8);
-    k.push(MAP);
-    k.extend_from_slice(&depth.to_be_bytes());
-    k.extend_from_slice(prefix.as_bytes());
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-fn encode_map_node(node: Option<&MapNode>) -> Vec<u8> {
-    match node {
-        None => vec![0],
-        Some(MapNode::Leaf { key, value }) => {
-            let mut v = vec![1];
-            v.extend_from_slice(key.as_bytes());
-            v.extend_from_slice(value.as_bytes());
-            v
-        }
-        Some(MapNode::Internal { hash }) => {
-            let mut v = vec![2];
-            v.extend_from_slice(hash.as_bytes());
-            v
-        }
-    }
-}
-
-fn decode_map_node(bytes: &[u8]) -> Result<Option<MapNode>, StoreError> {
-    match bytes {
-        [0] => Ok(None),
-        [1, rest @ ..] if rest.len() == 64 => Ok(Some(MapNode::Leaf {
-            key: Digest::from_slice(&rest[..32]).ok_or(StoreError::Corrupt("map leaf key"))?,
-            value: Digest::from_slice(&rest[32..]).ok_or(StoreError::Corrupt("map leaf value"))?,
-        })),
-        [2, rest @ ..] if rest.len() == 32 => Ok(Some(MapNode::Internal {
-            hash: Digest::from_slice(rest).ok_or(StoreError::Corrupt("map node hash"))?,
-        })),
-        _ => Err(StoreError::Corrupt("map node encoding")),
-    }
 }
 
 /// Writes staged since the last [`LedgerStore::commit`], not yet in sled (`None` = delete).
@@ -151,96 +116,6 @@ impl NodeStore for SledNodes {
 
     fn put(&mut self, level: u8, index: u64, hash: Digest) {
         overlay_put(&self.overlay, node_key(level, index), hash.0.to_vec());
-    }
-}
-
-/// The newest version of each map node, by (depth, prefix): `(version, node)`.
-type LatestMapNodes = Arc<Mutex<HashMap<(u16, Digest), (u64, Option<MapNode>)>>>;
-
-/// Most map nodes [`SledMapNodes`] keeps in memory (~100 bytes each) before starting over.
-const MAX_CACHED_MAP_NODES: usize = 2_000_000;
-
-/// Completeness-map node storage on the ledger tree (versioned by tree size).
-///
-/// Every insert reads and rewrites the newest version of ~log2(keys) nodes; finding the newest
-/// version in sled is a reverse range scan per node, so the newest version of each node is
-/// also kept in memory. Reads at older versions (proofs against an earlier checkpoint) go to
-/// sled.
-#[derive(Clone)]
-pub struct SledMapNodes {
-    tree: sled::Tree,
-    overlay: Overlay,
-    latest: LatestMapNodes,
-}
-
-impl SledMapNodes {
-    fn version_of(key: &[u8]) -> Option<u64> {
-        let raw: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-        Some(u64::from_be_bytes(raw))
-    }
-
-    /// The newest version of a node at or below `upper` (staged writes first, then sled).
-    fn newest_at_or_before(&self, lower: &[u8], upper: &[u8]) -> Option<(u64, Vec<u8>)> {
-        let staged = self.overlay.lock().ok().and_then(|o| {
-            o.range(lower.to_vec()..=upper.to_vec())
-                .next_back()
-                .and_then(|(k, v)| Some((Self::version_of(k)?, v.clone()?)))
-        });
-        let stored = self
-            .tree
-            .range(lower..=upper)
-            .next_back()
-            .and_then(|r| r.ok())
-            .and_then(|(k, v)| Some((Self::version_of(&k)?, v.to_vec())));
-        match (staged, stored) {
-            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn remember(&self, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
-        if let Ok(mut latest) = self.latest.lock() {
-            if latest.len() >= MAX_CACHED_MAP_NODES {
-                latest.clear();
-            }
-            let slot = latest.entry((depth, *prefix)).or_insert((version, node));
-            if slot.0 <= version {
-                *slot = (version, node);
-            }
-        }
-    }
-}
-
-impl MapNodeStore for SledMapNodes {
-    fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
-        if let Ok(latest) = self.latest.lock()
-            && let Some((newest, node)) = latest.get(&(depth, *prefix))
-            && *newest <= version
-        {
-            return *node;
-        }
-        let lower = map_key(depth, prefix, 0);
-        // Look up the newest version overall: if it is at or before `version` it is the
-        // answer, and safe to remember as the newest.
-        let (newest, bytes) =
-            self.newest_at_or_before(&lower, &map_key(depth, prefix, u64::MAX))?;
-        if newest <= version {
-            let node = decode_map_node(&bytes).ok().flatten();
-            self.remember(depth, prefix, newest, node);
-            return node;
-        }
-        // An older version (a proof against an earlier size): not cached.
-        let (_, bytes) = self.newest_at_or_before(&lower, &map_key(depth, prefix, version))?;
-        decode_map_node(&bytes).ok().flatten()
-    }
-
-    fn put(&mut self, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
-        overlay_put(
-            &self.overlay,
-            map_key(depth, prefix, version),
-            encode_map_node(node.as_ref()),
-        );
-        self.remember(depth, prefix, version, node);
     }
 }
 
@@ -318,7 +193,7 @@ pub struct LedgerStore {
     tree: sled::Tree,
     overlay: Overlay,
     merkle: MerkleTree<Blake3Hasher, SledNodes>,
-    map: CompletenessMap<SledMapNodes>,
+    map: CompletenessMap<MapFile>,
     chain_head: Digest,
     last_sequenced_at: i64,
     caches: Caches,
@@ -345,9 +220,77 @@ fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(raw))
 }
 
+/// Opens the map file at the committed state recorded in `tree`, or rebuilds it from the
+/// entries when it lost records or does not match (see [`crate::map_file`]).
+fn open_map(
+    tree: &sled::Tree,
+    path: &Path,
+    genesis: &Genesis,
+    size: u64,
+) -> Result<CompletenessMap<MapFile>, StoreError> {
+    let committed = match tree.get(key(STATE, MAP_STATE))? {
+        Some(v) if v.len() == 40 => Some((
+            read_u64(&v[..8], "map file state")?,
+            Digest::from_slice(&v[8..]).ok_or(StoreError::Corrupt("map file state"))?,
+        )),
+        Some(_) => return Err(StoreError::Corrupt("map file state")),
+        None => None,
+    };
+    let opened = MapFile::open(path, committed.map_or(0, |(records, _)| records))?;
+    let map = CompletenessMap::open(opened.file, size);
+    match committed {
+        Some((_, root)) if opened.complete && map.root() == root => Ok(map),
+        None if size == 0 => Ok(map),
+        _ => {
+            tracing::warn!(
+                path = %path.display(),
+                entries = size,
+                "map file does not match the committed ledger; rebuilding it from the entries"
+            );
+            rebuild_map(tree, map.into_store(), genesis, size)
+        }
+    }
+}
+
+/// Recomputes every map node from the entries: each accepted entry set its subject's head to
+/// its event hash at version index + 1.
+fn rebuild_map(
+    tree: &sled::Tree,
+    file: MapFile,
+    genesis: &Genesis,
+    size: u64,
+) -> Result<CompletenessMap<MapFile>, StoreError> {
+    file.clear()?;
+    let mut map = CompletenessMap::new(file);
+    for index in 0..size {
+        let bytes = tree
+            .get(key(ENTRY, &index.to_be_bytes()))?
+            .ok_or(StoreError::Corrupt(
+                "ledger entry missing during map rebuild",
+            ))?;
+        let entry = LedgerEntry::decode(&bytes).map_err(|_| StoreError::Corrupt("ledger entry"))?;
+        let event = decode_event(&genesis.ledger_id, &entry.signed_event())
+            .map_err(|_| StoreError::Corrupt("ledger entry body"))?;
+        map.insert(event.subject.map_key(), event.hash, index + 1)
+            .map_err(|e| StoreError::Inconsistent(format!("map rebuild: {e}")))?;
+        if index % 4096 == 4095 {
+            map.store().flush()?;
+        }
+    }
+    map.store().sync()?;
+    let mut state = map.store().records()?.to_be_bytes().to_vec();
+    state.extend_from_slice(map.root().as_bytes());
+    tree.insert(key(STATE, MAP_STATE), state)?;
+    Ok(map)
+}
+
 impl LedgerStore {
     /// Opens (or creates) the ledger state in `tree` for `genesis`.
-    pub fn open(tree: sled::Tree, genesis: Genesis) -> Result<LedgerStore, StoreError> {
+    pub fn open(
+        tree: sled::Tree,
+        map_path: &Path,
+        genesis: Genesis,
+    ) -> Result<LedgerStore, StoreError> {
         let overlay: Overlay = Arc::default();
         let size = match tree.scan_prefix([ENTRY]).next_back() {
             Some(last) => read_u64(&last?.0[1..], "entry key")? + 1,
@@ -359,14 +302,7 @@ impl LedgerStore {
         };
         let merkle =
             MerkleTree::from_store(nodes, size).map_err(|_| StoreError::Corrupt("merkle nodes"))?;
-        let map = CompletenessMap::open(
-            SledMapNodes {
-                tree: tree.clone(),
-                overlay: overlay.clone(),
-                latest: Arc::default(),
-            },
-            size,
-        );
+        let map = open_map(&tree, map_path, &genesis, size)?;
         let chain_head = match tree.get(key(STATE, CHAIN_HEAD))? {
             Some(v) => Digest::from_slice(&v).ok_or(StoreError::Corrupt("chain head"))?,
             None => genesis.ledger_id,
@@ -553,7 +489,13 @@ impl LedgerStore {
         if staged.is_empty() {
             return Ok(());
         }
+        // Map records first: the batch below names how many of them the state covers, so
+        // they must be in the file (page cache suffices, see `map_file`) before sled has it.
+        self.map.store().flush()?;
+        let mut map_state = self.map.store().records()?.to_be_bytes().to_vec();
+        map_state.extend_from_slice(self.map.root().as_bytes());
         let mut batch = sled::Batch::default();
+        batch.insert(key(STATE, MAP_STATE), map_state);
         for (k, v) in staged {
             match v {
                 Some(v) => batch.insert(k, v),
@@ -972,17 +914,24 @@ impl LedgerStore {
         wasteledger_core::merkle::root_of_leaves::<Blake3Hasher>(&leaves)
     }
 
-    /// Every key/value of the state, for snapshots: prefix-ordered, bounded by the store.
+    /// Every key/value of the state, for snapshots: prefix-ordered, bounded by the store. The
+    /// map file is derived data and not included: [`LedgerStore::import`] rebuilds it.
     pub fn export(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
-        self.tree.iter().map(|r| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        })
+        let own_map_state = key(STATE, MAP_STATE);
+        self.tree
+            .iter()
+            .filter(move |r| !matches!(r, Ok((k, _)) if k.as_ref() == own_map_state.as_slice()))
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
     }
 
-    /// Replaces the whole state with a snapshot's key/values, then reopens.
+    /// Replaces the whole state with a snapshot's key/values, then reopens, rebuilding the map
+    /// file at `map_path` from the imported entries.
     pub fn import(
         tree: sled::Tree,
+        map_path: &Path,
         genesis: Genesis,
         items: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
     ) -> Result<LedgerStore, StoreError> {
@@ -996,8 +945,10 @@ impl LedgerStore {
                 tree.apply_batch(std::mem::take(&mut batch))?;
             }
         }
+        // A map file state names the sender's file, not ours.
+        batch.remove(key(STATE, MAP_STATE));
         tree.apply_batch(batch)?;
-        LedgerStore::open(tree, genesis)
+        LedgerStore::open(tree, map_path, genesis)
     }
 }
 

@@ -1,0 +1,504 @@
+//! Completeness-map nodes in an append-only file beside sled.
+//!
+//! Every insert into the completeness map writes a new version of about log2(keys) nodes and
+//! never changes an old one. Kept as sled keys that was ~17 inserts per event into a tree
+//! growing by as many keys, and sled's copy-on-write pages made it the largest part of a node's
+//! CPU, growing with history. Here each node version is one fixed-size record appended to a
+//! file. Memory holds the newest version of every position; each record points at the previous
+//! version of its position, so a read at an older version (a proof against an earlier
+//! checkpoint) walks back from the newest.
+//!
+//! The file is derived data: every node can be recomputed from the ledger entries (each
+//! accepted entry sets its subject's head to its event hash at version = index + 1).
+//! [`crate::state::LedgerStore`] records the file's record count and the map root in every sled
+//! batch it commits, and at open truncates records written after that batch, or rebuilds the
+//! file from the entries when it is shorter than that count or its root differs (a power loss
+//! can drop file pages that sled kept).
+//!
+//! ## Record (128 bytes)
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..2 | depth (u16 BE) |
+//! | 2..34 | prefix |
+//! | 34..42 | version (u64 BE) |
+//! | 42..50 | previous version's record number (u64 BE; `u64::MAX` = none) |
+//! | 50 | tag: 0 empty, 1 leaf, 2 internal |
+//! | 51..115 | leaf key ‖ value, or internal hash ‖ zeros |
+//! | 115..120 | zeros |
+//! | 120..128 | first 8 bytes of BLAKE3 over bytes 0..120 |
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wasteledger_core::hash::Digest;
+use wasteledger_core::map::{MapNode, MapNodeStore};
+
+use crate::error::StoreError;
+
+/// Bytes per record.
+pub const RECORD_BYTES: usize = 128;
+const NONE: u64 = u64::MAX;
+const CHECKED: usize = 120;
+
+/// The newest version of one node position.
+#[derive(Clone, Copy)]
+struct Slot {
+    record: u64,
+    version: u64,
+    prev: u64,
+    node: Option<MapNode>,
+}
+
+/// One decoded record.
+struct Record {
+    depth: u16,
+    prefix: Digest,
+    version: u64,
+    prev: u64,
+    node: Option<MapNode>,
+}
+
+impl Record {
+    fn encode(&self) -> [u8; RECORD_BYTES] {
+        let mut b = [0u8; RECORD_BYTES];
+        b[0..2].copy_from_slice(&self.depth.to_be_bytes());
+        b[2..34].copy_from_slice(self.prefix.as_bytes());
+        b[34..42].copy_from_slice(&self.version.to_be_bytes());
+        b[42..50].copy_from_slice(&self.prev.to_be_bytes());
+        match &self.node {
+            None => b[50] = 0,
+            Some(MapNode::Leaf { key, value }) => {
+                b[50] = 1;
+                b[51..83].copy_from_slice(key.as_bytes());
+                b[83..115].copy_from_slice(value.as_bytes());
+            }
+            Some(MapNode::Internal { hash }) => {
+                b[50] = 2;
+                b[51..83].copy_from_slice(hash.as_bytes());
+            }
+        }
+        let sum = blake3::hash(&b[..CHECKED]);
+        b[CHECKED..].copy_from_slice(&sum.as_bytes()[..RECORD_BYTES - CHECKED]);
+        b
+    }
+
+    /// `None` if the checksum or the layout is wrong (a torn or foreign record).
+    fn decode(b: &[u8; RECORD_BYTES]) -> Option<Record> {
+        let sum = blake3::hash(&b[..CHECKED]);
+        if sum.as_bytes()[..RECORD_BYTES - CHECKED] != b[CHECKED..] {
+            return None;
+        }
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        let digest_at = |at: usize| Digest::from_slice(b.get(at..at + 32)?);
+        let node = match b[50] {
+            0 => None,
+            1 => Some(MapNode::Leaf {
+                key: digest_at(51)?,
+                value: digest_at(83)?,
+            }),
+            2 => Some(MapNode::Internal {
+                hash: digest_at(51)?,
+            }),
+            _ => return None,
+        };
+        Some(Record {
+            depth: u16::from_be_bytes([b[0], b[1]]),
+            prefix: digest_at(2)?,
+            version: u64_at(34)?,
+            prev: u64_at(42)?,
+            node,
+        })
+    }
+}
+
+struct State {
+    newest: HashMap<(u16, Digest), Slot>,
+    /// Records in the file.
+    written: u64,
+    /// Records appended since the last [`MapFile::flush`], in record order.
+    staged: Vec<[u8; RECORD_BYTES]>,
+    /// Set when a write broke an invariant; the next flush reports it.
+    broken: Option<String>,
+}
+
+struct Shared {
+    path: PathBuf,
+    file: File,
+    state: Mutex<State>,
+}
+
+/// The completeness map's node store: an append-only record file plus an in-memory index of
+/// each position's newest version. A cheap-clone handle.
+#[derive(Clone)]
+pub struct MapFile {
+    shared: Arc<Shared>,
+}
+
+/// What [`MapFile::open`] found.
+pub struct Opened {
+    /// The file, holding the records it could read (at most the number asked for).
+    pub file: MapFile,
+    /// Every record up to the number asked for was present and intact.
+    pub complete: bool,
+}
+
+impl MapFile {
+    /// Opens (or creates) the file at `path`, keeping its first `keep` records and dropping the
+    /// rest (written after the last committed state). Stops early at a missing or damaged
+    /// record, and says so in [`Opened::complete`].
+    pub fn open(path: &Path, keep: u64) -> Result<Opened, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut state = State {
+            newest: HashMap::new(),
+            written: 0,
+            staged: Vec::new(),
+            broken: None,
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, &file);
+        let mut buf = [0u8; RECORD_BYTES];
+        while state.written < keep {
+            if reader.read_exact(&mut buf).is_err() {
+                break;
+            }
+            let Some(record) = Record::decode(&buf) else {
+                break;
+            };
+            if record.prev != NONE && record.prev >= state.written {
+                break;
+            }
+            state.newest.insert(
+                (record.depth, record.prefix),
+                Slot {
+                    record: state.written,
+                    version: record.version,
+                    prev: record.prev,
+                    node: record.node,
+                },
+            );
+            state.written += 1;
+        }
+        drop(reader);
+        file.set_len(state.written * RECORD_BYTES as u64)?;
+        let complete = state.written == keep;
+        Ok(Opened {
+            file: MapFile {
+                shared: Arc::new(Shared {
+                    path: path.to_owned(),
+                    file,
+                    state: Mutex::new(state),
+                }),
+            },
+            complete,
+        })
+    }
+
+    /// Where the file lives.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.shared
+            .state
+            .lock()
+            .map_err(|_| StoreError::Inconsistent("map file lock poisoned".into()))
+    }
+
+    /// Records written or staged: the count a committed state refers to.
+    pub fn records(&self) -> Result<u64, StoreError> {
+        let state = self.state()?;
+        Ok(state.written + state.staged.len() as u64)
+    }
+
+    /// Positions held in memory (one per node position ever written).
+    pub fn positions(&self) -> usize {
+        self.state().map(|s| s.newest.len()).unwrap_or(0)
+    }
+
+    /// Drops every record, on disk and in memory (before a rebuild).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        self.shared.file.set_len(0)?;
+        state.newest.clear();
+        state.written = 0;
+        state.staged.clear();
+        state.broken = None;
+        Ok(())
+    }
+
+    /// Writes the staged records to the file (to the page cache: see the module docs for why
+    /// no fsync is needed here).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if let Some(why) = state.broken.take() {
+            return Err(StoreError::Inconsistent(why));
+        }
+        if state.staged.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = state.staged.concat();
+        self.shared
+            .file
+            .write_all_at(&bytes, state.written * RECORD_BYTES as u64)?;
+        state.written += state.staged.len() as u64;
+        state.staged.clear();
+        Ok(())
+    }
+
+    /// Flushes, then fdatasyncs the file.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.flush()?;
+        self.shared.file.sync_data()?;
+        Ok(())
+    }
+
+    fn read_record(&self, state: &State, record: u64) -> Option<Record> {
+        let bytes = match record.checked_sub(state.written) {
+            Some(staged) => *state.staged.get(usize::try_from(staged).ok()?)?,
+            None => {
+                let mut buf = [0u8; RECORD_BYTES];
+                self.shared
+                    .file
+                    .read_exact_at(&mut buf, record.checked_mul(RECORD_BYTES as u64)?)
+                    .ok()?;
+                buf
+            }
+        };
+        Record::decode(&bytes)
+    }
+}
+
+impl MapNodeStore for MapFile {
+    fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
+        let state = self.state().ok()?;
+        let slot = *state.newest.get(&(depth, *prefix))?;
+        if slot.version <= version {
+            return slot.node;
+        }
+        // Walk back through older versions. Record numbers strictly decrease along the chain
+        // (checked at open and here), so the walk ends.
+        let mut at = slot.prev;
+        while at != NONE {
+            // A damaged record reads as a missing node, which the map reports as corruption.
+            let record = self.read_record(&state, at)?;
+            let wrong_position = (record.depth, record.prefix) != (depth, *prefix);
+            if wrong_position || (record.prev != NONE && record.prev >= at) {
+                return None;
+            }
+            if record.version <= version {
+                return record.node;
+            }
+            at = record.prev;
+        }
+        None
+    }
+
+    fn put(&mut self, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
+        let Ok(mut state) = self.state() else {
+            return;
+        };
+        let record_no = state.written + state.staged.len() as u64;
+        let prev = match state.newest.get(&(depth, *prefix)) {
+            None => NONE,
+            // The same version written again (several keys changed at one version) replaces
+            // the earlier write: the new record skips it.
+            Some(slot) if slot.version == version => slot.prev,
+            Some(slot) if slot.version < version => slot.record,
+            Some(slot) => {
+                // The map never writes behind a position's newest version; a file that did
+                // would no longer be a version index, so refuse to commit it.
+                state.broken = Some(format!(
+                    "map node at depth {depth} written at version {version}, behind version {}",
+                    slot.version
+                ));
+                return;
+            }
+        };
+        let record = Record {
+            depth,
+            prefix: *prefix,
+            version,
+            prev,
+            node,
+        };
+        state.staged.push(record.encode());
+        state.newest.insert(
+            (depth, *prefix),
+            Slot {
+                record: record_no,
+                version,
+                prev,
+                node,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed expectation is a test failure with a message.
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+    use wasteledger_core::map::{CompletenessMap, MemMapStore};
+
+    fn d(n: u64) -> Digest {
+        Digest(*blake3::hash(&n.to_be_bytes()).as_bytes())
+    }
+
+    /// A write: position (few, so histories get long), version step (0 = same version
+    /// again), node kind.
+    fn writes() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
+        proptest::collection::vec((0u8..6, 0u8..3, 0u8..3), 1..120)
+    }
+
+    fn node(kind: u8, seed: u64) -> Option<MapNode> {
+        match kind {
+            0 => None,
+            1 => Some(MapNode::Leaf {
+                key: d(seed),
+                value: d(seed + 1),
+            }),
+            _ => Some(MapNode::Internal { hash: d(seed) }),
+        }
+    }
+
+    /// Every position at every version reads the same from the file and the reference.
+    fn assert_same(file: &MapFile, reference: &MemMapStore, last: u64) {
+        for position in 0u8..6 {
+            let prefix = d(u64::from(position));
+            for version in 0..=last + 1 {
+                assert_eq!(
+                    file.get(u16::from(position), &prefix, version),
+                    reference.get(u16::from(position), &prefix, version),
+                    "position {position} at version {version}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn histories_match_the_in_memory_store(writes in writes(), flush_every in 1usize..10) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("map");
+            let mut file = MapFile::open(&path, 0).unwrap().file;
+            let mut reference = MemMapStore::new();
+            let mut version = 1u64;
+            for (i, (position, step, kind)) in writes.iter().enumerate() {
+                version += u64::from(*step);
+                let value = node(*kind, i as u64);
+                let prefix = d(u64::from(*position));
+                file.put(u16::from(*position), &prefix, version, value);
+                reference.put(u16::from(*position), &prefix, version, value);
+                if i % flush_every == 0 {
+                    file.flush().unwrap();
+                }
+            }
+            // Staged and written records alike.
+            assert_same(&file, &reference, version);
+            file.flush().unwrap();
+            let records = file.records().unwrap();
+            drop(file);
+            let reopened = MapFile::open(&path, records).unwrap();
+            prop_assert!(reopened.complete);
+            assert_same(&reopened.file, &reference, version);
+        }
+    }
+
+    #[test]
+    fn reopening_drops_records_after_the_committed_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let mut file = MapFile::open(&path, 0).unwrap().file;
+        file.put(0, &d(0), 1, node(1, 1));
+        file.flush().unwrap();
+        file.put(0, &d(0), 2, node(2, 2));
+        file.put(1, &d(1), 2, node(1, 3));
+        file.flush().unwrap();
+        drop(file);
+        let opened = MapFile::open(&path, 1).unwrap();
+        assert!(opened.complete);
+        assert_eq!(opened.file.records().unwrap(), 1);
+        assert_eq!(opened.file.get(0, &d(0), 9), node(1, 1));
+        assert_eq!(opened.file.get(1, &d(1), 9), None);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            RECORD_BYTES as u64,
+            "the dropped tail is cut from the file"
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_missing_record_makes_the_file_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let mut file = MapFile::open(&path, 0).unwrap().file;
+        for v in 1..=4 {
+            file.put(0, &d(0), v, node(2, v));
+        }
+        file.flush().unwrap();
+        drop(file);
+        // Asking for more records than the file holds (a power loss took the tail).
+        let opened = MapFile::open(&path, 5).unwrap();
+        assert!(!opened.complete);
+        drop(opened);
+        // One flipped byte in the third record: reading stops before it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[2 * RECORD_BYTES + 60] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let opened = MapFile::open(&path, 4).unwrap();
+        assert!(!opened.complete);
+        assert_eq!(opened.file.records().unwrap(), 2);
+        assert_eq!(opened.file.get(0, &d(0), 9), node(2, 2));
+    }
+
+    #[test]
+    fn a_write_behind_the_newest_version_is_refused_at_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = MapFile::open(&dir.path().join("map"), 0).unwrap().file;
+        file.put(0, &d(0), 5, node(1, 1));
+        file.put(0, &d(0), 4, node(1, 2));
+        let err = file.flush().unwrap_err();
+        assert!(err.to_string().contains("behind version 5"), "{err}");
+    }
+
+    #[test]
+    fn a_map_over_the_file_matches_one_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut on_file =
+            CompletenessMap::new(MapFile::open(&dir.path().join("map"), 0).unwrap().file);
+        let mut in_memory = CompletenessMap::default();
+        for i in 0..300u64 {
+            // Re-setting earlier keys as well as adding new ones.
+            let key = d(i % 170);
+            assert_eq!(
+                on_file.insert(key, d(1000 + i), i + 1).unwrap(),
+                in_memory.insert(key, d(1000 + i), i + 1).unwrap()
+            );
+            if i % 7 == 0 {
+                on_file.store().flush().unwrap();
+            }
+        }
+        for version in (0..=300).step_by(13) {
+            assert_eq!(on_file.root_at(version), in_memory.root_at(version));
+            assert_eq!(
+                on_file.prove(&d(3), version).ok(),
+                in_memory.prove(&d(3), version).ok()
+            );
+        }
+    }
+}
