@@ -200,18 +200,31 @@ pub struct LedgerStore {
 }
 
 /// Derived data kept in memory because every event needs it: decoded party records (every
-/// signature looks its key up, and decoding a record parses its public keys), and the
-/// signatures this process already verified (a leader verifies an event when it checks it,
-/// then again when it applies it). Both are rebuilt lazily after a restart.
+/// signature looks its key up, and decoding a record parses its public keys), decoded states
+/// of manifests in flight, the signatures this process already verified (a leader verifies an
+/// event when it checks it, then again when it applies it) and recent checkpoints. All are
+/// rebuilt lazily after a restart, and dropped with the store when a write fails.
 #[derive(Default)]
 struct Caches {
     parties: Mutex<HashMap<String, PartyRecord>>,
+    /// Decoded manifest states by canonical tracking number: each event on a manifest reads
+    /// its state twice on the leader (check, apply), and decoding it was ~8 % of a node's CPU.
+    manifests: Mutex<HashMap<String, ManifestState>>,
     /// Two generations, so the cache stays bounded without forgetting the newest checks.
     verified: Mutex<[HashSet<Digest>; 2]>,
+    /// Checkpoints built lately, newest last. The checkpoint at a size never changes, and
+    /// building one reads the map root at an old version (a walk back through the map file),
+    /// while metrics, receipts and cosignatures ask for the same few sizes again and again.
+    checkpoints: Mutex<std::collections::VecDeque<Checkpoint>>,
 }
+
+/// Checkpoints [`Caches::checkpoints`] keeps.
+const CACHED_CHECKPOINTS: usize = 16;
 
 /// Signature checks remembered per generation.
 const VERIFIED_GENERATION: usize = 1 << 16;
+/// Manifest states kept decoded before starting over (the ones in flight are what matter).
+const MAX_CACHED_MANIFESTS: usize = 10_000;
 /// Party records kept decoded before starting over.
 const MAX_CACHED_PARTIES: usize = 100_000;
 
@@ -417,7 +430,12 @@ impl LedgerStore {
         let leaf = leaf_hash(&bytes);
         let chain_next = chain_link(&self.chain_head, &leaf);
 
-        let old_state = self.subject_bytes(&decision.event.subject)?;
+        // The manifest's status before this event (None: the event creates it), for the
+        // status index.
+        let old_status = match &decision.event.subject {
+            Subject::Manifest(t) => self.manifest(t).map(|m| m.status.name()),
+            Subject::Party(_) => None,
+        };
         self.merkle.append_leaf_hash(leaf);
         if let Err(e) = self.map.insert(
             decision.event.subject.map_key(),
@@ -437,7 +455,7 @@ impl LedgerStore {
             key(STATE, LAST_SEQUENCED),
             (sequenced_at as u64).to_be_bytes().to_vec(),
         );
-        self.write_subject(&decision, old_state.as_deref())?;
+        self.write_subject(&decision, old_status)?;
 
         for (k, v) in meta {
             self.stage(key(USER, k), v.clone());
@@ -506,15 +524,11 @@ impl LedgerStore {
         Ok(())
     }
 
-    fn subject_bytes(&self, subject: &Subject) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = match subject {
-            Subject::Manifest(t) => key(MANIFEST, t.to_string().as_bytes()),
-            Subject::Party(id) => key(PARTY, id.as_bytes()),
-        };
-        self.read(&k)
-    }
-
-    fn write_subject(&self, decision: &Decision, old: Option<&[u8]>) -> Result<(), StoreError> {
+    fn write_subject(
+        &self,
+        decision: &Decision,
+        old_status: Option<&'static str>,
+    ) -> Result<(), StoreError> {
         match &decision.state {
             SubjectState::Manifest(m) => {
                 let tracking = m.tracking.to_string();
@@ -522,26 +536,14 @@ impl LedgerStore {
                     key(MANIFEST, tracking.as_bytes()),
                     m.to_pb().encode_to_vec(),
                 );
-                let old_status = match old {
-                    Some(bytes) => Some(
-                        pb::ManifestState::decode(bytes)
-                            .map_err(|_| StoreError::Corrupt("stored manifest state"))
-                            .and_then(|s| {
-                                ManifestState::from_pb(&s)
-                                    .map_err(|_| StoreError::Corrupt("stored manifest state"))
-                            })?
-                            .status
-                            .name(),
-                    ),
-                    None => None,
-                };
+                self.cache_manifest(&tracking, m);
                 if old_status != Some(m.status.name()) {
                     if let Some(previous) = old_status {
                         self.unstage(index_key(b's', previous, &tracking));
                     }
                     self.stage(index_key(b's', m.status.name(), &tracking), Vec::new());
                 }
-                if old.is_none() {
+                if old_status.is_none() {
                     for party in m.named_parties() {
                         self.stage(index_key(b'p', &party, &tracking), Vec::new());
                     }
@@ -568,6 +570,15 @@ impl LedgerStore {
             }
         }
         Ok(())
+    }
+
+    fn cache_manifest(&self, tracking: &str, state: &ManifestState) {
+        if let Ok(mut manifests) = self.caches.manifests.lock() {
+            if manifests.len() >= MAX_CACHED_MANIFESTS {
+                manifests.clear();
+            }
+            manifests.insert(tracking.to_owned(), state.clone());
+        }
     }
 
     fn cache_party(&self, record: &PartyRecord) {
@@ -712,12 +723,25 @@ impl LedgerStore {
         if size > self.merkle.size() {
             return None;
         }
+        if let Ok(cached) = self.caches.checkpoints.lock()
+            && let Some(c) = cached.iter().find(|c| c.size == size)
+        {
+            return Some(c.clone());
+        }
         let (root, map_root) = self.roots_at(size)?;
         let time_ms = match size.checked_sub(1) {
             Some(last) => LedgerEntry::decode(&self.entry(last)?).ok()?.sequenced_at,
             None => 0,
         };
-        Checkpoint::new(self.genesis.ledger_name(), size, root, map_root, time_ms).ok()
+        let checkpoint =
+            Checkpoint::new(self.genesis.ledger_name(), size, root, map_root, time_ms).ok()?;
+        if let Ok(mut cached) = self.caches.checkpoints.lock() {
+            if cached.len() >= CACHED_CHECKPOINTS {
+                cached.pop_front();
+            }
+            cached.push_back(checkpoint.clone());
+        }
+        Some(checkpoint)
     }
 
     fn cosignatures(&self, size: u64) -> Result<Vec<NoteSignature>, StoreError> {
@@ -966,10 +990,17 @@ impl LedgerView for LedgerStore {
     }
 
     fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
-        let bytes = self
-            .read(&key(MANIFEST, tracking.to_string().as_bytes()))
-            .ok()??;
-        ManifestState::from_pb(&pb::ManifestState::decode(bytes.as_ref()).ok()?).ok()
+        let canonical = tracking.to_string();
+        if let Ok(manifests) = self.caches.manifests.lock()
+            && let Some(state) = manifests.get(&canonical)
+        {
+            return Some(state.clone());
+        }
+        let bytes = self.read(&key(MANIFEST, canonical.as_bytes())).ok()??;
+        let state =
+            ManifestState::from_pb(&pb::ManifestState::decode(bytes.as_ref()).ok()?).ok()?;
+        self.cache_manifest(&canonical, &state);
+        Some(state)
     }
 
     fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
