@@ -14,6 +14,10 @@ use crate::commands::Context;
 use crate::exit::{EXIT_CODES_HELP, Failure};
 use crate::output::{Format, Out};
 
+/// mimalloc instead of glibc malloc: see the workspace Cargo.toml for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A distributed, tamper-evident ledger for hazardous-waste manifests.
 ///
 /// Run nodes, manage keys and parties, create and sign manifests, and download and verify
