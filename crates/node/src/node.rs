@@ -431,6 +431,12 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        // Nothing applies any more: save the map index so the next start is quick.
+        match self.state_machine.with_store(|s| s.save_map_index()) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not save the map index"),
+            Err(e) => tracing::warn!(error = %e, "could not save the map index"),
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

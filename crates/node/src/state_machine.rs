@@ -448,6 +448,8 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     .map_err(io_err)?;
             }
             inner.store.commit().map_err(io_err)?;
+            // A quiet point with the lock held: lets a restart skip reading old map records.
+            inner.store.save_map_index().map_err(io_err)?;
             let path = write_snapshot(&this.snapshot_dir, &meta, inner.store.export())?;
             remove_other_snapshots(&this.snapshot_dir, &path);
             inner.current_snapshot = Some((meta.clone(), path.clone()));

@@ -15,6 +15,11 @@
 //! file from the entries when it is shorter than that count or its root differs (a power loss
 //! can drop file pages that sled kept).
 //!
+//! Restarting must rebuild the in-memory index, which from the records alone means reading
+//! every record ever written (~20 per event). So [`MapFile::save_index`] (at each state
+//! snapshot and at shutdown) writes the index to `<file>.idx` with the record count it covers;
+//! [`MapFile::open`] loads it and reads only the records after it.
+//!
 //! ## Record (128 bytes)
 //!
 //! | bytes | field |
@@ -30,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +49,9 @@ use crate::error::StoreError;
 pub const RECORD_BYTES: usize = 128;
 const NONE: u64 = u64::MAX;
 const CHECKED: usize = 120;
+const INDEX_MAGIC: &[u8; 8] = b"WLMAPIX1";
+/// depth, prefix, record, version, prev, tag, data.
+const SLOT_BYTES: usize = 2 + 32 + 8 + 8 + 8 + 1 + 64;
 
 /// The newest version of one node position.
 #[derive(Clone, Copy)]
@@ -54,6 +62,9 @@ struct Slot {
     node: Option<MapNode>,
 }
 
+/// The newest version of every position written.
+type Index = HashMap<(u16, Digest), Slot>;
+
 /// One decoded record.
 struct Record {
     depth: u16,
@@ -63,6 +74,42 @@ struct Record {
     node: Option<MapNode>,
 }
 
+/// Writes a node as tag ‖ 64 bytes into `out` (65 bytes).
+fn encode_node(node: &Option<MapNode>, out: &mut [u8]) {
+    match node {
+        None => out[0] = 0,
+        Some(MapNode::Leaf { key, value }) => {
+            out[0] = 1;
+            out[1..33].copy_from_slice(key.as_bytes());
+            out[33..65].copy_from_slice(value.as_bytes());
+        }
+        Some(MapNode::Internal { hash }) => {
+            out[0] = 2;
+            out[1..33].copy_from_slice(hash.as_bytes());
+        }
+    }
+}
+
+/// Reads tag ‖ 64 bytes; `None` for an unknown tag (the outer `Option`).
+fn decode_node(b: &[u8]) -> Option<Option<MapNode>> {
+    let digest_at = |at: usize| Digest::from_slice(b.get(at..at + 32)?);
+    Some(match b.first()? {
+        0 => None,
+        1 => Some(MapNode::Leaf {
+            key: digest_at(1)?,
+            value: digest_at(33)?,
+        }),
+        2 => Some(MapNode::Internal {
+            hash: digest_at(1)?,
+        }),
+        _ => return None,
+    })
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
 impl Record {
     fn encode(&self) -> [u8; RECORD_BYTES] {
         let mut b = [0u8; RECORD_BYTES];
@@ -70,18 +117,7 @@ impl Record {
         b[2..34].copy_from_slice(self.prefix.as_bytes());
         b[34..42].copy_from_slice(&self.version.to_be_bytes());
         b[42..50].copy_from_slice(&self.prev.to_be_bytes());
-        match &self.node {
-            None => b[50] = 0,
-            Some(MapNode::Leaf { key, value }) => {
-                b[50] = 1;
-                b[51..83].copy_from_slice(key.as_bytes());
-                b[83..115].copy_from_slice(value.as_bytes());
-            }
-            Some(MapNode::Internal { hash }) => {
-                b[50] = 2;
-                b[51..83].copy_from_slice(hash.as_bytes());
-            }
-        }
+        encode_node(&self.node, &mut b[50..115]);
         let sum = blake3::hash(&b[..CHECKED]);
         b[CHECKED..].copy_from_slice(&sum.as_bytes()[..RECORD_BYTES - CHECKED]);
         b
@@ -93,33 +129,18 @@ impl Record {
         if sum.as_bytes()[..RECORD_BYTES - CHECKED] != b[CHECKED..] {
             return None;
         }
-        let u64_at = |at: usize| -> Option<u64> {
-            Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
-        };
-        let digest_at = |at: usize| Digest::from_slice(b.get(at..at + 32)?);
-        let node = match b[50] {
-            0 => None,
-            1 => Some(MapNode::Leaf {
-                key: digest_at(51)?,
-                value: digest_at(83)?,
-            }),
-            2 => Some(MapNode::Internal {
-                hash: digest_at(51)?,
-            }),
-            _ => return None,
-        };
         Some(Record {
             depth: u16::from_be_bytes([b[0], b[1]]),
-            prefix: digest_at(2)?,
-            version: u64_at(34)?,
-            prev: u64_at(42)?,
-            node,
+            prefix: Digest::from_slice(&b[2..34])?,
+            version: u64_at(b, 34)?,
+            prev: u64_at(b, 42)?,
+            node: decode_node(&b[50..115])?,
         })
     }
 }
 
 struct State {
-    newest: HashMap<(u16, Digest), Slot>,
+    newest: Index,
     /// Records in the file.
     written: u64,
     /// Records appended since the last [`MapFile::flush`], in record order.
@@ -160,13 +181,28 @@ impl MapFile {
             .create(true)
             .truncate(false)
             .open(path)?;
+        let index_path = index_path(path);
+        let (newest, indexed) = match load_index(&index_path) {
+            Some((newest, records))
+                if records <= keep && file.metadata()?.len() >= records * RECORD_BYTES as u64 =>
+            {
+                (newest, records)
+            }
+            // Absent, damaged, or covering records about to be cut off (which may be written
+            // again differently): start from the first record.
+            _ => {
+                remove_if_present(&index_path)?;
+                (HashMap::new(), 0)
+            }
+        };
         let mut state = State {
-            newest: HashMap::new(),
-            written: 0,
+            newest,
+            written: indexed,
             staged: Vec::new(),
             broken: None,
         };
         let mut reader = BufReader::with_capacity(1 << 20, &file);
+        reader.seek(SeekFrom::Start(indexed * RECORD_BYTES as u64))?;
         let mut buf = [0u8; RECORD_BYTES];
         while state.written < keep {
             if reader.read_exact(&mut buf).is_err() {
@@ -230,6 +266,7 @@ impl MapFile {
     /// Drops every record, on disk and in memory (before a rebuild).
     pub fn clear(&self) -> Result<(), StoreError> {
         let mut state = self.state()?;
+        remove_if_present(&index_path(&self.shared.path))?;
         self.shared.file.set_len(0)?;
         state.newest.clear();
         state.written = 0;
@@ -264,6 +301,46 @@ impl MapFile {
         Ok(())
     }
 
+    /// Flushes and syncs the records, then writes the in-memory index to `<file>.idx`
+    /// (atomically: a temporary file, fsynced, renamed), so the next open reads only the
+    /// records after it.
+    pub fn save_index(&self) -> Result<(), StoreError> {
+        self.sync()?;
+        let state = self.state()?;
+        let path = index_path(&self.shared.path);
+        let tmp = path.with_extension("idx.tmp");
+        let file = File::create(&tmp)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut put = |bytes: &[u8]| -> std::io::Result<()> {
+            hasher.update(bytes);
+            out.write_all(bytes)
+        };
+        put(INDEX_MAGIC)?;
+        put(&state.written.to_be_bytes())?;
+        put(&(state.newest.len() as u64).to_be_bytes())?;
+        let mut slot_bytes = [0u8; SLOT_BYTES];
+        for ((depth, prefix), slot) in &state.newest {
+            slot_bytes[0..2].copy_from_slice(&depth.to_be_bytes());
+            slot_bytes[2..34].copy_from_slice(prefix.as_bytes());
+            slot_bytes[34..42].copy_from_slice(&slot.record.to_be_bytes());
+            slot_bytes[42..50].copy_from_slice(&slot.version.to_be_bytes());
+            slot_bytes[50..58].copy_from_slice(&slot.prev.to_be_bytes());
+            slot_bytes[58..].fill(0);
+            encode_node(&slot.node, &mut slot_bytes[58..]);
+            put(&slot_bytes)?;
+        }
+        let sum = hasher.finalize();
+        out.write_all(sum.as_bytes())?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     fn read_record(&self, state: &State, record: u64) -> Option<Record> {
         let bytes = match record.checked_sub(state.written) {
             Some(staged) => *state.staged.get(usize::try_from(staged).ok()?)?,
@@ -278,6 +355,53 @@ impl MapFile {
         };
         Record::decode(&bytes)
     }
+}
+
+fn index_path(map_path: &Path) -> PathBuf {
+    let mut name = map_path.as_os_str().to_owned();
+    name.push(".idx");
+    PathBuf::from(name)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The index saved by [`MapFile::save_index`] and the record count it covers; `None` if it is
+/// absent or does not check out (it is only a shortcut: the records are the truth).
+fn load_index(path: &Path) -> Option<(Index, u64)> {
+    let bytes = std::fs::read(path).ok()?;
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if blake3::hash(body).as_bytes() != sum || body.get(..8)? != INDEX_MAGIC {
+        return None;
+    }
+    let records = u64_at(body, 8)?;
+    let count = usize::try_from(u64_at(body, 16)?).ok()?;
+    let slots = body.get(24..)?;
+    if slots.len() != count.checked_mul(SLOT_BYTES)? {
+        return None;
+    }
+    let mut newest = HashMap::with_capacity(count);
+    for b in slots.chunks_exact(SLOT_BYTES) {
+        let slot = Slot {
+            record: u64_at(b, 34)?,
+            version: u64_at(b, 42)?,
+            prev: u64_at(b, 50)?,
+            node: decode_node(&b[58..])?,
+        };
+        if slot.record >= records || (slot.prev != NONE && slot.prev >= slot.record) {
+            return None;
+        }
+        let position = (
+            u16::from_be_bytes([b[0], b[1]]),
+            Digest::from_slice(&b[2..34])?,
+        );
+        newest.insert(position, slot);
+    }
+    Some((newest, records))
 }
 
 impl MapNodeStore for MapFile {
@@ -416,6 +540,79 @@ mod tests {
             let reopened = MapFile::open(&path, records).unwrap();
             prop_assert!(reopened.complete);
             assert_same(&reopened.file, &reference, version);
+        }
+    }
+
+    #[test]
+    fn a_saved_index_is_used_then_extended_by_later_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let mut file = MapFile::open(&path, 0).unwrap().file;
+        let mut reference = MemMapStore::new();
+        let mut write = |file: &mut MapFile, i: u64| {
+            let (position, value) = ((i % 5) as u16, node((i % 3) as u8, i));
+            file.put(position, &d(u64::from(position)), i, value);
+            reference.put(position, &d(u64::from(position)), i, value);
+        };
+        for i in 1..=40 {
+            write(&mut file, i);
+        }
+        file.save_index().unwrap();
+        for i in 41..=60 {
+            write(&mut file, i);
+        }
+        file.flush().unwrap();
+        let records = file.records().unwrap();
+        drop(file);
+        // Prove the index is what the open used: damage a record it covers (never read again
+        // at open), and the file still opens complete, with every version readable except
+        // through the damaged record.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[RECORD_BYTES * 3 + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let opened = MapFile::open(&path, records).unwrap();
+        assert!(opened.complete);
+        for position in 0u16..5 {
+            assert_eq!(
+                opened.file.get(position, &d(u64::from(position)), 60),
+                reference.get(position, &d(u64::from(position)), 60)
+            );
+        }
+        drop(opened);
+        bytes[RECORD_BYTES * 3 + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let opened = MapFile::open(&path, records).unwrap();
+        assert_same_positions(&opened.file, &reference, 5, 61);
+        drop(opened);
+
+        // Keeping fewer records than the index covers discards the index.
+        let opened = MapFile::open(&path, 30).unwrap();
+        assert!(opened.complete);
+        assert!(!index_path(&path).exists());
+        assert_eq!(opened.file.records().unwrap(), 30);
+        drop(opened);
+
+        // A damaged index is ignored: the records are read instead.
+        let file = MapFile::open(&path, 30).unwrap().file;
+        file.save_index().unwrap();
+        let mut index = std::fs::read(index_path(&path)).unwrap();
+        index[30] ^= 1;
+        std::fs::write(index_path(&path), index).unwrap();
+        drop(file);
+        let opened = MapFile::open(&path, 30).unwrap();
+        assert!(opened.complete);
+        assert_eq!(opened.file.records().unwrap(), 30);
+    }
+
+    fn assert_same_positions(file: &MapFile, reference: &MemMapStore, positions: u16, last: u64) {
+        for position in 0..positions {
+            for version in 0..=last {
+                assert_eq!(
+                    file.get(position, &d(u64::from(position)), version),
+                    reference.get(position, &d(u64::from(position)), version),
+                    "position {position} at version {version}"
+                );
+            }
         }
     }
 

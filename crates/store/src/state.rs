@@ -37,7 +37,7 @@ use wasteledger_core::hash::Digest;
 use wasteledger_core::ledger::{Decision, LedgerView, Rejection, SubjectState, evaluate};
 use wasteledger_core::map::CompletenessMap;
 use wasteledger_core::memory::Receipt;
-use wasteledger_core::merkle::{Blake3Hasher, MerkleHasher, MerkleTree, NodeStore};
+use wasteledger_core::merkle::{Blake3Hasher, MerkleTree, NodeStore};
 use wasteledger_core::pb;
 use wasteledger_core::proof::ProofSource;
 use wasteledger_core::registry::PartyRecord;
@@ -882,6 +882,13 @@ impl LedgerStore {
         Ok(())
     }
 
+    /// Saves the map file's in-memory index beside it, so the next open reads only the map
+    /// records written after now. Call at quiet points: snapshots, shutdown.
+    pub fn save_map_index(&self) -> Result<(), StoreError> {
+        self.commit()?;
+        self.map.store().save_index()
+    }
+
     /// Recomputes every leaf from the stored entry bytes, the chain over entries, and the root
     /// at the recorded checkpoint, and names the first damaged index. Runs at start-up: a node
     /// that fails it must not serve.
@@ -893,10 +900,26 @@ impl LedgerStore {
             });
         }
         let size = self.merkle.size();
+        let checkpoint = match self.tree.get(key(STATE, INTEGRITY)) {
+            Ok(Some(v)) if v.len() == 40 => {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&v[..8]);
+                Some((u64::from_be_bytes(raw), Digest::from_slice(&v[8..])))
+            }
+            _ => None,
+        };
+        let checkpoint_size = checkpoint.map_or(0, |(s, _)| s.min(size));
+        // One pass over the entries and, beside them, the stored leaf hashes (both in index
+        // order): range scans, not a point read per index, because this runs at every start.
+        let mut entries = self
+            .tree
+            .range(key(ENTRY, &0u64.to_be_bytes())..key(ENTRY, &size.to_be_bytes()));
+        let mut stored_leaves = self.tree.range(node_key(0, 0)..node_key(0, size));
+        let mut leaves = Vec::with_capacity(usize::try_from(checkpoint_size).unwrap_or(0));
         let mut chain = self.genesis.ledger_id;
         for index in 0..size {
-            let bytes = match self.tree.get(key(ENTRY, &index.to_be_bytes())) {
-                Ok(Some(b)) => b,
+            let bytes = match entries.next() {
+                Some(Ok((k, v))) if k.as_ref() == key(ENTRY, &index.to_be_bytes()) => v,
                 _ => return Err(IntegrityError::MissingEntry { index }),
             };
             let entry =
@@ -905,37 +928,33 @@ impl LedgerStore {
                 return Err(IntegrityError::Malformed { index });
             }
             let leaf = leaf_hash(&bytes);
-            if self.merkle.leaf_hash(index).ok() != Some(leaf) {
+            let stored = match stored_leaves.next() {
+                Some(Ok((k, v))) if k.as_ref() == node_key(0, index) => Digest::from_slice(&v),
+                _ => None,
+            };
+            if stored != Some(leaf) {
                 return Err(IntegrityError::LeafMismatch { index });
             }
             if entry.chain_prev != chain {
                 return Err(IntegrityError::ChainMismatch { index });
             }
             chain = chain_link(&chain, &leaf);
+            if index < checkpoint_size {
+                leaves.push(leaf);
+            }
         }
         if chain != self.chain_head {
             return Err(IntegrityError::ChainMismatch { index: size });
         }
-        if let Ok(Some(v)) = self.tree.get(key(STATE, INTEGRITY))
-            && v.len() == 40
-        {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(&v[..8]);
-            let cp_size = u64::from_be_bytes(raw);
-            let recomputed = self.recompute_root(cp_size.min(size));
-            if cp_size > size || Some(recomputed) != Digest::from_slice(&v[8..]) {
-                return Err(IntegrityError::RootMismatch { size: cp_size });
+        if let Some((recorded_size, root)) = checkpoint {
+            let recomputed = wasteledger_core::merkle::root_of_leaves::<Blake3Hasher>(&leaves);
+            if recorded_size > size || Some(recomputed) != root {
+                return Err(IntegrityError::RootMismatch {
+                    size: recorded_size,
+                });
             }
         }
         Ok(())
-    }
-
-    fn recompute_root(&self, size: u64) -> Digest {
-        let leaves: Vec<Digest> = (0..size)
-            .filter_map(|i| self.tree.get(key(ENTRY, &i.to_be_bytes())).ok().flatten())
-            .map(|b| Blake3Hasher::hash_leaf(&b))
-            .collect();
-        wasteledger_core::merkle::root_of_leaves::<Blake3Hasher>(&leaves)
     }
 
     /// Every key/value of the state, for snapshots: prefix-ordered, bounded by the store. The
