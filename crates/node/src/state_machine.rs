@@ -54,6 +54,9 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 struct Inner {
     store: LedgerStore,
+    /// Incremented when an installed snapshot replaces the store, so a snapshot build that
+    /// read part of the old store without the lock can tell.
+    generation: u64,
     last_applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
     current_snapshot: Option<(SnapshotMetaOf<TypeConfig>, PathBuf)>,
@@ -95,6 +98,7 @@ impl LedgerStateMachine {
         Ok(LedgerStateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 store,
+                generation: 0,
                 last_applied,
                 membership,
                 current_snapshot,
@@ -368,44 +372,67 @@ fn read_snapshot(path: &Path) -> io::Result<(SnapshotMetaOf<TypeConfig>, Records
     Ok((meta, records))
 }
 
-/// Writes a snapshot durably: temporary file, fsync, rename, fsync of the directory.
-fn write_snapshot(
-    dir: &Path,
-    meta: &SnapshotMetaOf<TypeConfig>,
-    records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
-) -> io::Result<PathBuf> {
-    let name = match &meta.last_log_id {
-        Some(id) => format!("snapshot-{}-{}", id.leader_id.term, id.index),
-        None => "snapshot-empty".to_owned(),
-    };
-    let tmp = dir.join(format!("{name}.partial"));
-    let path = dir.join(format!("{name}.snap"));
-    let mut hasher = blake3::Hasher::new();
-    let file = File::create(&tmp)?;
-    let mut w = BufWriter::new(file);
-    let mut put = |w: &mut BufWriter<File>, bytes: &[u8]| -> io::Result<()> {
-        hasher.update(bytes);
-        w.write_all(bytes)
-    };
-    put(&mut w, SNAPSHOT_MAGIC)?;
-    let meta_bytes = encode(meta).map_err(io_err)?;
-    put(&mut w, &(meta_bytes.len() as u32).to_be_bytes())?;
-    put(&mut w, &meta_bytes)?;
-    for record in records {
-        let (k, v) = record.map_err(io_err)?;
-        put(&mut w, &(k.len() as u32).to_be_bytes())?;
-        put(&mut w, &k)?;
-        put(&mut w, &(v.len() as u32).to_be_bytes())?;
-        put(&mut w, &v)?;
+/// A snapshot file being written: records are added in as many runs as the caller needs
+/// (the state machine writes the changing records under its lock, the settled ones after),
+/// then [`SnapshotWriter::finish`] makes it durable: fsync, rename, fsync of the directory.
+struct SnapshotWriter {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: BufWriter<File>,
+    hasher: blake3::Hasher,
+}
+
+impl SnapshotWriter {
+    fn create(dir: &Path, meta: &SnapshotMetaOf<TypeConfig>) -> io::Result<SnapshotWriter> {
+        let name = match &meta.last_log_id {
+            Some(id) => format!("snapshot-{}-{}", id.leader_id.term, id.index),
+            None => "snapshot-empty".to_owned(),
+        };
+        let tmp = dir.join(format!("{name}.partial"));
+        let mut writer = SnapshotWriter {
+            path: dir.join(format!("{name}.snap")),
+            out: BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+            tmp,
+            hasher: blake3::Hasher::new(),
+        };
+        writer.put(SNAPSHOT_MAGIC)?;
+        let meta_bytes = encode(meta).map_err(io_err)?;
+        writer.put(&(meta_bytes.len() as u32).to_be_bytes())?;
+        writer.put(&meta_bytes)?;
+        Ok(writer)
     }
-    put(&mut w, &END_OF_RECORDS.to_be_bytes())?;
-    let sum = hasher.finalize();
-    w.write_all(sum.as_bytes())?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(path)
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)
+    }
+
+    fn records(
+        &mut self,
+        records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+    ) -> io::Result<()> {
+        for record in records {
+            let (k, v) = record.map_err(io_err)?;
+            self.put(&(k.len() as u32).to_be_bytes())?;
+            self.put(&k)?;
+            self.put(&(v.len() as u32).to_be_bytes())?;
+            self.put(&v)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<PathBuf> {
+        self.put(&END_OF_RECORDS.to_be_bytes())?;
+        let sum = self.hasher.finalize();
+        self.out.write_all(sum.as_bytes())?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(self.path)
+    }
 }
 
 /// Removes snapshot files other than `keep`.
@@ -430,27 +457,52 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) {
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     type SnapshotData = SnapshotFile;
 
-    /// Holds the state-machine lock while exporting, so the snapshot is one consistent view
-    /// (the builder runs concurrently with `apply`; sled iteration is not point-in-time).
+    /// A consistent view without stopping the ledger for the length of the export: the
+    /// records later entries can change (states, indexes, metadata) are written while holding
+    /// the state-machine lock; the entries, Merkle nodes and event index below the snapshot's
+    /// size, which nothing changes again and which are most of the bytes, after releasing it
+    /// (`LedgerStore::settled_records`). An install in between (which replaces the whole
+    /// state) voids the file.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut inner = this.lock()?;
-            let meta = SnapshotMeta {
-                last_log_id: inner.last_applied,
-                last_membership: inner.membership.clone(),
-            };
-            if let Some(size) = Some(inner.store.merkle_size()) {
+            let (meta, mut writer, settled, generation, map_file) = {
+                let inner = this.lock()?;
+                let meta = SnapshotMeta {
+                    last_log_id: inner.last_applied,
+                    last_membership: inner.membership.clone(),
+                };
+                let size = inner.store.merkle_size();
                 let root = inner.store.roots().0;
                 inner
                     .store
                     .record_integrity_checkpoint(size, &root)
                     .map_err(io_err)?;
+                inner.store.commit().map_err(io_err)?;
+                let mut writer = SnapshotWriter::create(&this.snapshot_dir, &meta)?;
+                writer.records(inner.store.changing_records())?;
+                (
+                    meta,
+                    writer,
+                    inner.store.settled_records(size),
+                    inner.generation,
+                    inner.store.map_file(),
+                )
+            };
+            writer.records(settled)?;
+            let path = writer.finish()?;
+            // Most of the map file's dirty pages, synced without the lock, so saving its index
+            // below (which must not race an install rebuilding the file) holds it briefly.
+            map_file.sync().map_err(io_err)?;
+            let mut inner = this.lock()?;
+            if inner.generation != generation {
+                let _ = fs::remove_file(&path);
+                return Err(io_err(
+                    "a snapshot was installed while this one was written; it is discarded",
+                ));
             }
-            inner.store.commit().map_err(io_err)?;
-            // A quiet point with the lock held: lets a restart skip reading old map records.
-            inner.store.save_map_index().map_err(io_err)?;
-            let path = write_snapshot(&this.snapshot_dir, &meta, inner.store.export())?;
+            // Lets a restart skip reading old map records.
+            map_file.save_index().map_err(io_err)?;
             remove_other_snapshots(&this.snapshot_dir, &path);
             inner.current_snapshot = Some((meta.clone(), path.clone()));
             Ok(Snapshot {
@@ -553,6 +605,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             remove_other_snapshots(&this.snapshot_dir, &kept);
             inner.store = store;
+            inner.generation += 1;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.current_snapshot = Some((meta, kept));

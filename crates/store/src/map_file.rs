@@ -279,8 +279,13 @@ impl MapFile {
     /// no fsync is needed here).
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut state = self.state()?;
-        if let Some(why) = state.broken.take() {
-            return Err(StoreError::Inconsistent(why));
+        self.flush_locked(&mut state)
+    }
+
+    fn flush_locked(&self, state: &mut State) -> Result<(), StoreError> {
+        // Kept, not taken: every later flush fails too, until the store is reopened.
+        if let Some(why) = &state.broken {
+            return Err(StoreError::Inconsistent(why.clone()));
         }
         if state.staged.is_empty() {
             return Ok(());
@@ -304,9 +309,18 @@ impl MapFile {
     /// Flushes and syncs the records, then writes the in-memory index to `<file>.idx`
     /// (atomically: a temporary file, fsynced, renamed), so the next open reads only the
     /// records after it.
+    ///
+    /// Holds the file's lock only to copy the index (tens of milliseconds at a million
+    /// events): appends continue while it is written out.
     pub fn save_index(&self) -> Result<(), StoreError> {
-        self.sync()?;
-        let state = self.state()?;
+        let (written, newest) = {
+            let mut state = self.state()?;
+            // Staged records are in `newest` but not in the file: write them first.
+            self.flush_locked(&mut state)?;
+            (state.written, state.newest.clone())
+        };
+        // The index may name only records that are on disk.
+        self.shared.file.sync_data()?;
         let path = index_path(&self.shared.path);
         let tmp = path.with_extension("idx.tmp");
         let file = File::create(&tmp)?;
@@ -317,10 +331,10 @@ impl MapFile {
             out.write_all(bytes)
         };
         put(INDEX_MAGIC)?;
-        put(&state.written.to_be_bytes())?;
-        put(&(state.newest.len() as u64).to_be_bytes())?;
+        put(&written.to_be_bytes())?;
+        put(&(newest.len() as u64).to_be_bytes())?;
         let mut slot_bytes = [0u8; SLOT_BYTES];
-        for ((depth, prefix), slot) in &state.newest {
+        for ((depth, prefix), slot) in &newest {
             slot_bytes[0..2].copy_from_slice(&depth.to_be_bytes());
             slot_bytes[2..34].copy_from_slice(prefix.as_bytes());
             slot_bytes[34..42].copy_from_slice(&slot.record.to_be_bytes());

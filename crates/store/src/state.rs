@@ -184,6 +184,14 @@ pub enum CosignOutcome {
     Refused(String),
 }
 
+/// One key/value of a snapshot, or the store error met reading it.
+pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
+
+fn owned_record(r: Result<(sled::IVec, sled::IVec), sled::Error>) -> Record {
+    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .map_err(StoreError::from)
+}
+
 /// The outcome of applying one event: accepted with a receipt, or a deterministic rejection.
 pub type ApplyOutcome = Result<Receipt, Rejection>;
 
@@ -882,6 +890,12 @@ impl LedgerStore {
         Ok(())
     }
 
+    /// A handle to the map file, to save its index without holding the store
+    /// ([`MapFile::save_index`]).
+    pub fn map_file(&self) -> MapFile {
+        self.map.store().clone()
+    }
+
     /// Saves the map file's in-memory index beside it, so the next open reads only the map
     /// records written after now. Call at quiet points: snapshots, shutdown.
     pub fn save_map_index(&self) -> Result<(), StoreError> {
@@ -957,17 +971,50 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// Every key/value of the state, for snapshots: prefix-ordered, bounded by the store. The
-    /// map file is derived data and not included: [`LedgerStore::import`] rebuilds it.
-    pub fn export(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+    /// The records of a snapshot that later entries can change (subject states, indexes, node
+    /// state, cosignatures, caller metadata). Read them while holding the state still; with
+    /// [`LedgerStore::settled_records`] at the same [`LedgerStore::merkle_size`] they make the whole
+    /// state. The map file is derived data and not included: [`LedgerStore::import`] rebuilds
+    /// it.
+    pub fn changing_records(&self) -> impl Iterator<Item = Record> + '_ {
         let own_map_state = key(STATE, MAP_STATE);
-        self.tree
-            .iter()
+        [MANIFEST, PARTY, KEY_OWNER, INDEX, STATE, COSIG, USER]
+            .into_iter()
+            .flat_map(|prefix| self.tree.scan_prefix([prefix]))
             .filter(move |r| !matches!(r, Ok((k, _)) if k.as_ref() == own_map_state.as_slice()))
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(StoreError::from)
-            })
+            .map(owned_record)
+    }
+
+    /// The records of a snapshot at ledger size `size` that no later entry changes: entries,
+    /// Merkle nodes of complete subtrees and the event-hash index, all below `size`. Written
+    /// once and never again, so they can be read while later entries are applied, which is
+    /// what keeps a snapshot from stopping the ledger while it copies its history. Owns a
+    /// handle to the tree: it outlives a borrow of the store.
+    pub fn settled_records(&self, size: u64) -> impl Iterator<Item = Record> + Send + 'static {
+        let entries = self
+            .tree
+            .range(key(ENTRY, &0u64.to_be_bytes())..key(ENTRY, &size.to_be_bytes()));
+        let nodes = self.tree.scan_prefix([NODE]).filter(move |r| match r {
+            // Node (level, index) covers leaves [index·2^level, (index+1)·2^level): complete
+            // at `size` iff that range ends at or before it.
+            Ok((k, _)) => match (k.get(1), k.get(2..10).and_then(|b| b.try_into().ok())) {
+                (Some(&level), Some(raw)) => u64::from_be_bytes(raw)
+                    .checked_add(1)
+                    .and_then(|end| end.checked_shl(u32::from(level)))
+                    .is_some_and(|end| end <= size),
+                _ => true,
+            },
+            Err(_) => true,
+        });
+        let events = self.tree.scan_prefix([EVENT]).filter(move |r| match r {
+            Ok((_, v)) => v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_or(true, |index| index < size),
+            Err(_) => true,
+        });
+        entries.chain(nodes).chain(events).map(owned_record)
     }
 
     /// Replaces the whole state with a snapshot's key/values, then reopens, rebuilding the map

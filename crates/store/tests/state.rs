@@ -331,7 +331,7 @@ fn the_map_file_is_cut_back_or_rebuilt_to_match_the_committed_state() {
 }
 
 #[test]
-fn a_snapshot_export_imports_into_an_equal_store() {
+fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     let net = SampleNetwork::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut reference = MemoryLedger::new(net.genesis.clone());
@@ -342,12 +342,24 @@ fn a_snapshot_export_imports_into_an_equal_store() {
         net.genesis.clone(),
     )
     .unwrap();
-    for (event, time) in events(&net) {
-        let _ = reference.submit(&event, time);
-        let _ = store.apply(&event, time, &[]).unwrap();
+    let all = events(&net);
+    let (before, after) = all.split_at(all.len() - 3);
+    for (event, time) in before {
+        let _ = reference.submit(event, *time);
+        let _ = store.apply(event, *time, &[]).unwrap();
     }
     store.commit().unwrap();
-    let records: Vec<(Vec<u8>, Vec<u8>)> = store.export().map(Result::unwrap).collect();
+    // The snapshot's changing part is read with the state held still ...
+    let size = store.merkle_size();
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> =
+        store.changing_records().map(Result::unwrap).collect();
+    // ... its settled part while later entries are applied and committed.
+    for (event, time) in after {
+        let _ = store.apply(event, *time, &[]).unwrap();
+    }
+    store.commit().unwrap();
+    assert!(store.merkle_size() > size);
+    records.extend(store.settled_records(size).map(Result::unwrap));
     let imported = LedgerStore::import(
         db.raw_tree("target").unwrap(),
         &dir.path().join("target.map"),
@@ -357,4 +369,5 @@ fn a_snapshot_export_imports_into_an_equal_store() {
     .unwrap();
     assert_matches_reference(&imported, &reference, &net);
     imported.verify_integrity().unwrap();
+    assert_eq!(imported.chain_head(), reference.chain_head());
 }
