@@ -189,7 +189,10 @@ impl Node {
         let raft_addr = options.raft_listener.local_addr()?.to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = raft_service(raft.clone(), options.data_dir.join("snapshots"));
-        let incoming = tonic::transport::server::TcpIncoming::from(options.raft_listener);
+        // Nagle off on accepted connections (`Server::tcp_nodelay` applies only to `serve`):
+        // replication round trips must not wait for delayed ACKs.
+        let incoming = tonic::transport::server::TcpIncoming::from(options.raft_listener)
+            .with_nodelay(Some(true));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
