@@ -514,20 +514,6 @@ mod tests {
         }
     }
 
-    /// Every position at every version reads the same from the file and the reference.
-    fn assert_same(file: &MapFile, reference: &MemMapStore, last: u64) {
-        for position in 0u8..6 {
-            let prefix = d(u64::from(position));
-            for version in 0..=last + 1 {
-                assert_eq!(
-                    file.get(u16::from(position), &prefix, version),
-                    reference.get(u16::from(position), &prefix, version),
-                    "position {position} at version {version}"
-                );
-            }
-        }
-    }
-
     proptest! {
         #[test]
         fn histories_match_the_in_memory_store(writes in writes(), flush_every in 1usize..10) {
@@ -547,13 +533,13 @@ mod tests {
                 }
             }
             // Staged and written records alike.
-            assert_same(&file, &reference, version);
+            assert_same_positions(&file, &reference, 6, version + 1);
             file.flush().unwrap();
             let records = file.records().unwrap();
             drop(file);
             let reopened = MapFile::open(&path, records).unwrap();
             prop_assert!(reopened.complete);
-            assert_same(&reopened.file, &reference, version);
+            assert_same_positions(&reopened.file, &reference, 6, version + 1);
         }
     }
 
@@ -618,6 +604,8 @@ mod tests {
         assert_eq!(opened.file.records().unwrap(), 30);
     }
 
+    /// Positions `0..positions` at every version up to `last` read the same from the file and
+    /// the reference.
     fn assert_same_positions(file: &MapFile, reference: &MemMapStore, positions: u16, last: u64) {
         for position in 0..positions {
             for version in 0..=last {

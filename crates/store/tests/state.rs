@@ -111,27 +111,14 @@ fn sled_state_matches_the_reference_ledger() {
     assert_eq!(store.roots().0, reference.tree().root());
     assert_eq!(store.roots().1, reference.map().root());
     assert_eq!(store.chain_head(), reference.chain_head());
-    // Roots at every earlier size: map nodes are read at old versions after newer versions
-    // were written (and cached as the newest).
-    for size in 0..=store.size() {
-        assert_eq!(
-            store.roots_at(size),
-            Some((
-                reference.tree().root_at(size).unwrap(),
-                reference.map().root_at(size)
-            )),
-            "roots at size {size}"
-        );
-    }
+    // Roots at every earlier size (map nodes read at old versions after newer versions were
+    // written), and the same custody proof as the reference's.
+    assert_matches_reference(&store, &reference, &net);
 
-    // A proof built from sled verifies offline and equals the reference's.
+    // A proof built from sled verifies offline.
     let tracking = wasteledger_core::tracking::Tracking::parse("cn:20261502000001").unwrap();
     let note = net.cosign(reference.checkpoint(T0 + 10 * HOUR).unwrap(), 2);
     let from_sled = build_custody_proof(&store, &tracking, &note).unwrap();
-    assert_eq!(
-        from_sled,
-        build_custody_proof(&reference, &tracking, &note).unwrap()
-    );
     let verified = verify_custody_proof(&from_sled, &net.genesis).unwrap();
     assert_eq!(verified.timeline.len(), 6);
 
