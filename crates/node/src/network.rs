@@ -678,14 +678,22 @@ fn limit_server<S: RaftService>(service: S) -> RaftServiceServer<S> {
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
 }
 
-/// A tonic server builder suited to the Raft transport: TCP nodelay and HTTP/2 keepalive
-/// (10 s interval, 5 s timeout), matching the client side. Add [`raft_service`] to it.
+/// A tonic server builder suited to the Raft transport: HTTP/2 keepalive (10 s interval, 5 s
+/// timeout), matching the client side. Add [`raft_service`] to it and serve it on
+/// [`incoming`].
 pub fn server_builder() -> tonic::transport::Server {
     let defaults = NetworkConfig::default();
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(defaults.keepalive_interval))
         .http2_keepalive_timeout(Some(defaults.keepalive_timeout))
+}
+
+/// Connections accepted on `listener`, with Nagle's algorithm off. Every node listener (Raft,
+/// API, admin) is served through this: tonic's `Server::tcp_nodelay` applies only to `serve`,
+/// not to `serve_with_incoming`, and with Nagle on a reply spanning several segments waited
+/// ~40 ms for the peer's delayed ACK.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Decodes a request payload, refusing garbage with `InvalidArgument`.
@@ -1047,7 +1055,6 @@ mod tests {
     use openraft::entry::RaftEntry;
     use openraft::{Config, EntryPayload, SnapshotPolicy};
     use tokio::net::TcpListener;
-    use tonic::transport::server::TcpIncoming;
     use wasteledger_core::sample::SampleNetwork;
     use wasteledger_store::{DurableDb, LogStore};
 
@@ -1113,7 +1120,7 @@ mod tests {
         tokio::spawn(async move {
             let res = server_builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 })
                 .await;

@@ -189,16 +189,15 @@ impl Node {
         let raft_addr = options.raft_listener.local_addr()?.to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = raft_service(raft.clone(), options.data_dir.join("snapshots"));
-        // Nagle off on accepted connections (`Server::tcp_nodelay` applies only to `serve`):
-        // replication round trips must not wait for delayed ACKs.
-        let incoming = tonic::transport::server::TcpIncoming::from(options.raft_listener)
-            .with_nodelay(Some(true));
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            crate::network::server_builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    crate::network::incoming(options.raft_listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         Ok(Node {
             raft,
@@ -435,10 +434,11 @@ impl Node {
             tracing::warn!(error = %e, "raft shutdown");
         }
         // Nothing applies any more: save the map index so the next start is quick.
-        match self.state_machine.with_store(|s| s.save_map_index()) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not save the map index"),
-            Err(e) => tracing::warn!(error = %e, "could not save the map index"),
+        let saved = self
+            .state_machine
+            .with_store(|s| s.save_map_index().map_err(|e| e.to_string()));
+        if let Err(e) = saved.map_err(|e| e.to_string()).and_then(|r| r) {
+            tracing::warn!(error = %e, "could not save the map index");
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

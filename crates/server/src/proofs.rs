@@ -25,21 +25,20 @@ pub(crate) fn note_covering(
     store: &LedgerStore,
     index: u64,
 ) -> Result<Option<pb::SignedNote>, Status> {
-    let covered = store
-        .published_size()
-        .map_err(|e| internal(format!("stored checkpoint unreadable: {e}")))?
-        .is_some_and(|size| size > index);
-    if !covered {
+    if stored_published_size(store)?.is_none_or(|size| size <= index) {
         return Ok(None);
     }
     Ok(published(store)?.map(|c| note(&c)))
 }
 
-fn published_size(store: &LedgerStore) -> Result<u64, Status> {
+fn stored_published_size(store: &LedgerStore) -> Result<Option<u64>, Status> {
     store
         .published_size()
-        .map_err(|e| internal(format!("stored checkpoint unreadable: {e}")))?
-        .ok_or_else(none_published)
+        .map_err(|e| internal(format!("stored checkpoint unreadable: {e}")))
+}
+
+fn published_size(store: &LedgerStore) -> Result<u64, Status> {
+    stored_published_size(store)?.ok_or_else(none_published)
 }
 
 pub(crate) fn none_published() -> Status {

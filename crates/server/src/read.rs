@@ -463,23 +463,31 @@ pub(crate) fn list_parties(
 mod tests {
     use super::*;
 
-    #[test]
-    fn pages_follow_the_cursor_to_an_empty_end_and_bound_the_scan() {
-        let keys: Vec<String> = (0..1000).map(|i| format!("k{i:04}")).collect();
-        let fetch = |after: Option<&str>, limit: usize| {
+    /// One chunk of `(key, record)` pairs, as a store read returns them.
+    type Chunk = Result<Vec<(String, Option<String>)>, Status>;
+
+    /// A store read over sorted `keys`: those after the cursor, at most `limit`.
+    fn fetch_from(keys: &[String]) -> impl Fn(Option<&str>, usize) -> Chunk + '_ {
+        move |after, limit| {
             Ok(keys
                 .iter()
                 .filter(|k| after.is_none_or(|a| k.as_str() > a))
                 .take(limit)
                 .map(|k| (k.clone(), Some(k.clone())))
-                .collect::<Vec<_>>())
-        };
+                .collect())
+        }
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_to_an_empty_end_and_bound_the_scan() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i:04}")).collect();
+        let fetch = fetch_from(&keys);
         // Every 10th key, 30 per page: pages of 30, 30, 30, 10, and no token after the last.
         let keep = |k: &String| k.ends_with('0');
         let mut after = None;
         let mut sizes = Vec::new();
         loop {
-            let (page, token) = paginate(30, after, fetch, keep).unwrap();
+            let (page, token) = paginate(30, after, &fetch, keep).unwrap();
             sizes.push(page.len());
             if token.is_empty() {
                 break;
@@ -488,22 +496,14 @@ mod tests {
         }
         assert_eq!(sizes, vec![30, 30, 30, 10]);
         // Nothing matches: the scan stops at the budget with a token to go on from.
-        let (page, token) = paginate(30, None, fetch, |_| false).unwrap();
+        let (page, token) = paginate(30, None, &fetch, |_| false).unwrap();
         assert!(page.is_empty());
         assert!(
             token.is_empty(),
             "1000 keys < budget: one call reaches the end"
         );
         let many: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
-        let fetch_many = |after: Option<&str>, limit: usize| {
-            Ok(many
-                .iter()
-                .filter(|k| after.is_none_or(|a| k.as_str() > a))
-                .take(limit)
-                .map(|k| (k.clone(), Some(k.clone())))
-                .collect::<Vec<_>>())
-        };
-        let (page, token) = paginate(30, None, fetch_many, |_| false).unwrap();
+        let (page, token) = paginate(30, None, fetch_from(&many), |_| false).unwrap();
         assert!(page.is_empty());
         assert_eq!(
             decode_token(&token).unwrap().as_deref(),

@@ -221,9 +221,7 @@ pub async fn run_node(
         .add_service(reflection_v1.clone())
         .add_service(reflection_v1alpha.clone())
         .serve_with_incoming_shutdown(
-            // Nagle off, as `Server::tcp_nodelay` does only for `serve`: with it on, a
-            // response of several segments waited ~40 ms for the client's delayed ACK.
-            tonic::transport::server::TcpIncoming::from(api_listener).with_nodelay(Some(true)),
+            wasteledger_node::network::incoming(api_listener),
             stopped(stop_rx.clone()),
         );
     let admin = admin_listener.map(|listener| {
@@ -234,7 +232,7 @@ pub async fn run_node(
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                wasteledger_node::network::incoming(listener),
                 stopped(stop_rx.clone()),
             )
     });

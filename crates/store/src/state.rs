@@ -283,12 +283,17 @@ fn rebuild_map(
 ) -> Result<CompletenessMap<MapFile>, StoreError> {
     file.clear()?;
     let mut map = CompletenessMap::new(file);
+    let mut entries = tree.range(key(ENTRY, &0u64.to_be_bytes())..key(ENTRY, &size.to_be_bytes()));
     for index in 0..size {
-        let bytes = tree
-            .get(key(ENTRY, &index.to_be_bytes()))?
-            .ok_or(StoreError::Corrupt(
-                "ledger entry missing during map rebuild",
-            ))?;
+        let bytes = match entries.next() {
+            Some(Ok((k, v))) if k.get(1..) == Some(&index.to_be_bytes()[..]) => v,
+            Some(Err(e)) => return Err(e.into()),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "ledger entry missing during map rebuild",
+                ));
+            }
+        };
         let entry = LedgerEntry::decode(&bytes).map_err(|_| StoreError::Corrupt("ledger entry"))?;
         let event = decode_event(&genesis.ledger_id, &entry.signed_event())
             .map_err(|_| StoreError::Corrupt("ledger entry body"))?;
@@ -441,7 +446,7 @@ impl LedgerStore {
         // The manifest's status before this event (None: the event creates it), for the
         // status index.
         let old_status = match &decision.event.subject {
-            Subject::Manifest(t) => self.manifest(t).map(|m| m.status.name()),
+            Subject::Manifest(t) => self.manifest_status(t),
             Subject::Party(_) => None,
         };
         self.merkle.append_leaf_hash(leaf);
@@ -578,6 +583,18 @@ impl LedgerStore {
             }
         }
         Ok(())
+    }
+
+    /// The stored status of a manifest, read from the cache without copying the state when it
+    /// is there (evaluating the event just put it there).
+    fn manifest_status(&self, tracking: &Tracking) -> Option<&'static str> {
+        let canonical = tracking.to_string();
+        if let Ok(manifests) = self.caches.manifests.lock()
+            && let Some(state) = manifests.get(&canonical)
+        {
+            return Some(state.status.name());
+        }
+        self.manifest(tracking).map(|m| m.status.name())
     }
 
     fn cache_manifest(&self, tracking: &str, state: &ManifestState) {
@@ -933,7 +950,7 @@ impl LedgerStore {
         let mut chain = self.genesis.ledger_id;
         for index in 0..size {
             let bytes = match entries.next() {
-                Some(Ok((k, v))) if k.as_ref() == key(ENTRY, &index.to_be_bytes()) => v,
+                Some(Ok((k, v))) if k.get(1..) == Some(&index.to_be_bytes()[..]) => v,
                 _ => return Err(IntegrityError::MissingEntry { index }),
             };
             let entry =
@@ -943,7 +960,9 @@ impl LedgerStore {
             }
             let leaf = leaf_hash(&bytes);
             let stored = match stored_leaves.next() {
-                Some(Ok((k, v))) if k.as_ref() == node_key(0, index) => Digest::from_slice(&v),
+                Some(Ok((k, v))) if k.get(2..) == Some(&index.to_be_bytes()[..]) => {
+                    Digest::from_slice(&v)
+                }
                 _ => None,
             };
             if stored != Some(leaf) {
