@@ -627,7 +627,7 @@ async fn an_uninitialised_cluster_is_initialised_through_the_admin_api() {
         .expect("a second Initialize is a no-op");
     // Node 2 seeing the leader does not mean node 3 has heard from it yet: wait (bounded)
     // until node 3 knows a leader, then check it is the same one.
-    leader(&cluster, 3).await;
+    self::leader(&cluster, 3).await;
     let status = cluster.status(3).await.expect("status");
     assert_eq!(status.leader_id, leader);
     assert_eq!(
