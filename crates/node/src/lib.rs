@@ -15,6 +15,7 @@ pub mod raft_pb {
     tonic::include_proto!("wasteledger.v1");
 }
 
+pub mod snapshot_file;
 pub mod state_machine;
 
 pub mod config;

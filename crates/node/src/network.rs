@@ -69,7 +69,7 @@ use openraft::raft::{
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RPCTypes, Snapshot, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -77,6 +77,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::raft_pb::raft_service_client::RaftServiceClient;
 use crate::raft_pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::raft_pb::{RaftPayload, SnapshotChunk};
+use crate::snapshot_file::WireChunk;
 use crate::types::{LedgerRaft, LogId, NodeAddr, SnapshotFile, TypeConfig, Vote, decode, encode};
 
 // ------------------------------------------------------------------------------------------------
@@ -520,13 +521,11 @@ impl PeerClient {
         };
         let meta = encode(&(vote, &snapshot.meta))
             .map_err(|e| StreamingError::from(self.network_error(action, e)))?;
-        let file = tokio::fs::File::open(&snapshot.snapshot.path)
-            .await
-            .map_err(read_error)?;
         let (err_tx, err_rx) = oneshot::channel();
         // The whole request stream exists before the call is awaited: a client-streaming call
         // resolves only after the server has read the stream to its end and replied.
-        let chunks = snapshot_chunks(meta, file, chunk_size, err_tx);
+        let bytes = crate::snapshot_file::wire_chunks(snapshot.snapshot.clone(), chunk_size);
+        let chunks = snapshot_chunks(meta, bytes, err_tx);
         let call = client.install_snapshot(chunks);
         // No deadline: hard_ttl here is install_snapshot_timeout (200 ms by default), far too
         // short for a large file. openraft abandons the transfer through `cancel`.
@@ -553,58 +552,52 @@ async fn first_error(rx: oneshot::Receiver<io::Error>) -> io::Error {
     }
 }
 
-/// The chunks of a snapshot file: the first carries `meta` (and the first data), then one chunk
-/// per `chunk_size` bytes; the stream ends at the end of the file.
+/// The request stream of a snapshot transfer: the first chunk carries `meta` (and the first
+/// data, if any), then one chunk per piece of `bytes` (see `snapshot_file::wire_chunks`); the
+/// stream ends only after the producer's end message.
 ///
 /// A read error must not end the stream: the receiver would take a clean end for a complete
 /// snapshot. Instead the error goes to `on_error` and the stream stays pending; the caller then
 /// drops the call, which resets the HTTP/2 stream, and the receiver discards the partial file.
 fn snapshot_chunks(
     meta: Vec<u8>,
-    file: tokio::fs::File,
-    chunk_size: usize,
+    bytes: tokio::sync::mpsc::Receiver<WireChunk>,
     on_error: oneshot::Sender<io::Error>,
 ) -> impl Stream<Item = SnapshotChunk> + Send + 'static {
     struct State {
-        file: tokio::fs::File,
+        bytes: tokio::sync::mpsc::Receiver<WireChunk>,
         meta: Option<Vec<u8>>,
-        chunk_size: usize,
         on_error: Option<oneshot::Sender<io::Error>>,
-        done: bool,
     }
     let state = State {
-        file,
+        bytes,
         meta: Some(meta),
-        chunk_size,
         on_error: Some(on_error),
-        done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let mut data = Vec::with_capacity(st.chunk_size);
-        let limit = u64::try_from(st.chunk_size).unwrap_or(u64::MAX);
-        if let Err(e) = (&mut st.file).take(limit).read_to_end(&mut data).await {
-            if let Some(tx) = st.on_error.take() {
-                // The receiver is gone only if the call was dropped already.
-                let _ = tx.send(e);
+        let failure = match st.bytes.recv().await {
+            Some(Ok(Some(data))) => {
+                let meta = st.meta.take().unwrap_or_default();
+                return Some((SnapshotChunk { meta, data }, st));
             }
-            return std::future::pending().await;
+            // The end; an empty snapshot still sends its meta.
+            Some(Ok(None)) => {
+                return st.meta.take().map(|meta| {
+                    let chunk = SnapshotChunk {
+                        meta,
+                        data: Vec::new(),
+                    };
+                    (chunk, st)
+                });
+            }
+            Some(Err(e)) => e,
+            None => io::Error::other("the snapshot reader stopped before the end"),
+        };
+        if let Some(tx) = st.on_error.take() {
+            // The receiver is gone only if the call was dropped already.
+            let _ = tx.send(failure);
         }
-        // `take` + `read_to_end` stops short only at the end of the file.
-        st.done = data.len() < st.chunk_size;
-        match (st.meta.take(), data.is_empty()) {
-            // Nothing left to send.
-            (None, true) => None,
-            (meta, _) => Some((
-                SnapshotChunk {
-                    meta: meta.unwrap_or_default(),
-                    data,
-                },
-                st,
-            )),
-        }
+        std::future::pending().await
     })
 }
 
@@ -802,9 +795,7 @@ impl RaftService for RaftServiceImpl {
             } = received;
             let snapshot = Snapshot {
                 meta,
-                snapshot: SnapshotFile {
-                    path: file.path().to_path_buf(),
-                },
+                snapshot: SnapshotFile::complete(file.path().to_path_buf()),
             };
             let result = raft.install_full_snapshot(vote, snapshot).await;
             // The state machine moved or copied the file if it installed it.
@@ -1460,7 +1451,7 @@ mod tests {
                 last_log_id: Some(log_id(4, 1, 1234)),
                 ..Default::default()
             },
-            snapshot: SnapshotFile { path },
+            snapshot: SnapshotFile::complete(path),
         }
     }
 
@@ -1608,19 +1599,33 @@ mod tests {
 
     #[tokio::test]
     async fn snapshot_read_error_does_not_end_the_stream() -> TestResult {
-        // A directory opens as a file but fails on read: the stream must report the error and
-        // stay open (never a clean end, which the receiver would take for a complete file).
+        // A directory opens as a file but fails on read, and a producer that stops without its
+        // end message: the stream must report the error and stay open (never a clean end,
+        // which the receiver would take for a complete file).
         let dir = tempfile::tempdir()?;
-        let file = tokio::fs::File::open(dir.path()).await?;
-        let (tx, rx) = oneshot::channel();
-        let mut chunks = Box::pin(snapshot_chunks(vec![1], file, 1024, tx));
-        let next = tokio::time::timeout(Duration::from_millis(300), chunks.next()).await;
-        assert!(
-            next.is_err(),
-            "the stream must stay pending after a read error"
-        );
-        let err = rx.await?;
-        assert_eq!(err.kind(), io::ErrorKind::IsADirectory);
+        let unreadable = SnapshotFile::complete(dir.path().to_path_buf());
+        let (producer_tx, stopped) = tokio::sync::mpsc::channel(1);
+        producer_tx.send(Ok(Some(vec![1, 2, 3]))).await?;
+        drop(producer_tx);
+        for (bytes, kind) in [
+            (
+                crate::snapshot_file::wire_chunks(unreadable, 1024),
+                io::ErrorKind::IsADirectory,
+            ),
+            (stopped, io::ErrorKind::Other),
+        ] {
+            let (tx, rx) = oneshot::channel();
+            let mut chunks = Box::pin(snapshot_chunks(vec![1], bytes, tx));
+            for sent in 0.. {
+                match tokio::time::timeout(Duration::from_millis(300), chunks.next()).await {
+                    Err(_) => break,
+                    Ok(Some(_)) => assert!(sent < 10, "more chunks than were produced"),
+                    Ok(None) => panic!("the stream must stay pending after a read error"),
+                }
+            }
+            let err = rx.await?;
+            assert_eq!(err.kind(), kind, "{err}");
+        }
         Ok(())
     }
 

@@ -7,16 +7,17 @@
 //! same sled batch as the entries they follow (one batch per applied group), so a crash never
 //! separates them.
 //!
-//! Snapshot file layout (all integers big-endian):
-//! `"WLSNAP01"` ‖ u32 meta length ‖ meta (`types::encode` of the openraft snapshot meta) ‖
-//! records (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖ u32 0xFFFFFFFF ‖
-//! blake3 of every preceding byte (32). Written to a temporary file, fsynced, renamed, and the
-//! directory fsynced.
+//! Snapshots are files ([`crate::snapshot_file`]). One this node builds holds the records
+//! later entries can change (states, indexes, metadata) and leaves out the settled history,
+//! which its store keeps and which is read from there when the snapshot is sent; an installed
+//! snapshot is a complete file.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -32,6 +33,7 @@ use wasteledger_core::pb;
 use wasteledger_store::state::{CosignOutcome, LedgerStore};
 use wasteledger_store::{DurableDb, StoreError};
 
+use crate::snapshot_file::{self, SettledPart, SnapshotHeader, SnapshotWriter};
 use crate::types::{
     LedgerRequest, LedgerResponse, LogId, SnapshotFile, TypeConfig, decode, encode,
 };
@@ -45,8 +47,6 @@ const MEMBERSHIP: &[u8] = b"raft/membership";
 pub fn rejection_key(raft_index: u64) -> Vec<u8> {
     [b"raft/rejection/".as_slice(), &raft_index.to_be_bytes()].concat()
 }
-const SNAPSHOT_MAGIC: &[u8; 8] = b"WLSNAP01";
-const END_OF_RECORDS: u32 = u32::MAX;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -54,18 +54,19 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 struct Inner {
     store: LedgerStore,
-    /// Incremented when an installed snapshot replaces the store, so a snapshot build that
-    /// read part of the old store without the lock can tell.
-    generation: u64,
     last_applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
-    current_snapshot: Option<(SnapshotMetaOf<TypeConfig>, PathBuf)>,
+    current_snapshot: Option<(SnapshotHeader, PathBuf)>,
 }
 
 /// The ledger state machine (a cheap-clone handle).
 #[derive(Clone)]
 pub struct LedgerStateMachine {
     inner: Arc<Mutex<Inner>>,
+    /// Counts installs that replace the store: odd while one runs, bumped again when it ends.
+    /// What is read of the store without the lock (a snapshot's settled history, as it is
+    /// written or sent) is valid only if this did not change meanwhile.
+    installs: Arc<AtomicU64>,
     db: DurableDb,
     genesis: Genesis,
     snapshot_dir: PathBuf,
@@ -94,15 +95,28 @@ impl LedgerStateMachine {
             }
             None => StoredMembership::default(),
         };
-        let current_snapshot = latest_snapshot(&snapshot_dir);
+        let mut current_snapshot = latest_snapshot(&snapshot_dir);
+        if let Some((header, path)) = &current_snapshot
+            && header.omitted_below > store.merkle_size()
+        {
+            // Cannot happen while the store is the one the snapshot was built from; sending it
+            // would give a peer a snapshot with missing history.
+            tracing::error!(
+                path = %path.display(),
+                omitted_below = header.omitted_below,
+                ledger_size = store.merkle_size(),
+                "ignoring a snapshot whose history the store does not hold"
+            );
+            current_snapshot = None;
+        }
         Ok(LedgerStateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 store,
-                generation: 0,
                 last_applied,
                 membership,
                 current_snapshot,
             })),
+            installs: Arc::new(AtomicU64::new(0)),
             db: db.clone(),
             genesis,
             snapshot_dir,
@@ -271,168 +285,24 @@ fn rejected(rejection: &Rejection) -> LedgerResponse {
 }
 
 /// Finds the newest complete snapshot file (`*.snap`) and reads its meta.
-fn latest_snapshot(dir: &Path) -> Option<(SnapshotMetaOf<TypeConfig>, PathBuf)> {
-    let mut best: Option<(SnapshotMetaOf<TypeConfig>, PathBuf)> = None;
+fn latest_snapshot(dir: &Path) -> Option<(SnapshotHeader, PathBuf)> {
+    let mut best: Option<(SnapshotHeader, PathBuf)> = None;
     for entry in fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("snap") {
             continue;
         }
-        let Ok(meta) = read_snapshot_meta(&path) else {
+        let Ok(header) = snapshot_file::read_header(&path) else {
             continue;
         };
         let newer = best
             .as_ref()
-            .is_none_or(|(b, _)| meta.last_log_id > b.last_log_id);
+            .is_none_or(|(b, _)| header.meta.last_log_id > b.meta.last_log_id);
         if newer {
-            best = Some((meta, path));
+            best = Some((header, path));
         }
     }
     best
-}
-
-fn read_u32(r: &mut impl Read) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-
-/// Reads and checks the header of a snapshot file.
-pub fn read_snapshot_meta(path: &Path) -> io::Result<SnapshotMetaOf<TypeConfig>> {
-    let mut r = BufReader::new(File::open(path)?);
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)?;
-    if &magic != SNAPSHOT_MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a WasteLedger snapshot file",
-        ));
-    }
-    let len = read_u32(&mut r)? as usize;
-    if len > 1 << 20 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "snapshot meta too large",
-        ));
-    }
-    let mut meta = vec![0u8; len];
-    r.read_exact(&mut meta)?;
-    decode(&meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-}
-
-/// Reads a whole snapshot file, verifying its checksum, and returns the meta and records.
-/// A snapshot's key/value records.
-type Records = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn read_snapshot(path: &Path) -> io::Result<(SnapshotMetaOf<TypeConfig>, Records)> {
-    let bytes = fs::read(path)?;
-    let invalid = |m: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("snapshot {}: {m}", path.display()),
-        )
-    };
-    if bytes.len() < 8 + 4 + 4 + 32 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(invalid("bad magic or truncated"));
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - 32);
-    if blake3::hash(body).as_bytes() != sum {
-        return Err(invalid("checksum mismatch"));
-    }
-    let mut r = &body[8..];
-    let meta_len = read_u32(&mut r)? as usize;
-    if meta_len > r.len() {
-        return Err(invalid("meta length"));
-    }
-    let (meta_bytes, mut r) = r.split_at(meta_len);
-    let meta = decode(meta_bytes).map_err(|e| invalid(&e.to_string()))?;
-    let mut records = Vec::new();
-    loop {
-        let klen = read_u32(&mut r)?;
-        if klen == END_OF_RECORDS {
-            break;
-        }
-        let klen = klen as usize;
-        if klen > r.len() {
-            return Err(invalid("key length"));
-        }
-        let (k, rest) = r.split_at(klen);
-        r = rest;
-        let vlen = read_u32(&mut r)? as usize;
-        if vlen > r.len() {
-            return Err(invalid("value length"));
-        }
-        let (v, rest) = r.split_at(vlen);
-        r = rest;
-        records.push((k.to_vec(), v.to_vec()));
-    }
-    if !r.is_empty() {
-        return Err(invalid("trailing bytes"));
-    }
-    Ok((meta, records))
-}
-
-/// A snapshot file being written: records are added in as many runs as the caller needs
-/// (the state machine writes the changing records under its lock, the settled ones after),
-/// then [`SnapshotWriter::finish`] makes it durable: fsync, rename, fsync of the directory.
-struct SnapshotWriter {
-    tmp: PathBuf,
-    path: PathBuf,
-    out: BufWriter<File>,
-    hasher: blake3::Hasher,
-}
-
-impl SnapshotWriter {
-    fn create(dir: &Path, meta: &SnapshotMetaOf<TypeConfig>) -> io::Result<SnapshotWriter> {
-        let name = match &meta.last_log_id {
-            Some(id) => format!("snapshot-{}-{}", id.leader_id.term, id.index),
-            None => "snapshot-empty".to_owned(),
-        };
-        let tmp = dir.join(format!("{name}.partial"));
-        let mut writer = SnapshotWriter {
-            path: dir.join(format!("{name}.snap")),
-            out: BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
-            tmp,
-            hasher: blake3::Hasher::new(),
-        };
-        writer.put(SNAPSHOT_MAGIC)?;
-        let meta_bytes = encode(meta).map_err(io_err)?;
-        writer.put(&(meta_bytes.len() as u32).to_be_bytes())?;
-        writer.put(&meta_bytes)?;
-        Ok(writer)
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.hasher.update(bytes);
-        self.out.write_all(bytes)
-    }
-
-    fn records(
-        &mut self,
-        records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
-    ) -> io::Result<()> {
-        for record in records {
-            let (k, v) = record.map_err(io_err)?;
-            self.put(&(k.len() as u32).to_be_bytes())?;
-            self.put(&k)?;
-            self.put(&(v.len() as u32).to_be_bytes())?;
-            self.put(&v)?;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> io::Result<PathBuf> {
-        self.put(&END_OF_RECORDS.to_be_bytes())?;
-        let sum = self.hasher.finalize();
-        self.out.write_all(sum.as_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(self.path)
-    }
 }
 
 /// Removes snapshot files other than `keep`.
@@ -457,45 +327,44 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) {
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     type SnapshotData = SnapshotFile;
 
-    /// A consistent view without stopping the ledger for the length of the export: the
-    /// records later entries can change (states, indexes, metadata) are written while holding
-    /// the state-machine lock; the entries, Merkle nodes and event index below the snapshot's
-    /// size, which nothing changes again and which are most of the bytes, after releasing it
-    /// (`LedgerStore::settled_records`). An install in between (which replaces the whole
-    /// state) voids the file.
+    /// A consistent snapshot that stops the ledger only while the records later entries can
+    /// change (subject states, indexes, metadata) are written, under the state-machine lock.
+    /// The settled history below the snapshot's size (entries, complete Merkle subtrees, the
+    /// event index: most of the bytes) is not copied at all: the store keeps it unchanged, and
+    /// it is read from there when the snapshot is sent (`snapshot_file::wire_chunks`).
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let (meta, mut writer, settled, generation, map_file) = {
+            let started = Instant::now();
+            let (header, writer, installs, map_file, changing) = {
                 let inner = this.lock()?;
-                let meta = SnapshotMeta {
-                    last_log_id: inner.last_applied,
-                    last_membership: inner.membership.clone(),
-                };
                 let size = inner.store.merkle_size();
+                let header = SnapshotHeader {
+                    meta: SnapshotMeta {
+                        last_log_id: inner.last_applied,
+                        last_membership: inner.membership.clone(),
+                    },
+                    omitted_below: size,
+                };
                 let root = inner.store.roots().0;
                 inner
                     .store
                     .record_integrity_checkpoint(size, &root)
                     .map_err(io_err)?;
                 inner.store.commit().map_err(io_err)?;
-                let mut writer = SnapshotWriter::create(&this.snapshot_dir, &meta)?;
-                writer.records(inner.store.changing_records())?;
-                (
-                    meta,
-                    writer,
-                    inner.store.settled_records(size),
-                    inner.generation,
-                    inner.store.map_file(),
-                )
+                let mut writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
+                let changing = writer.records(inner.store.changing_records())?;
+                // Read under the lock, which an install holds throughout: never odd here.
+                let installs = this.installs.load(Ordering::Acquire);
+                (header, writer, installs, inner.store.map_file(), changing)
             };
-            writer.records(settled)?;
+            let locked = started.elapsed();
             let path = writer.finish()?;
             // Most of the map file's dirty pages, synced without the lock, so saving its index
             // below (which must not race an install rebuilding the file) holds it briefly.
             map_file.sync().map_err(io_err)?;
             let mut inner = this.lock()?;
-            if inner.generation != generation {
+            if this.installs.load(Ordering::Acquire) != installs {
                 let _ = fs::remove_file(&path);
                 return Err(io_err(
                     "a snapshot was installed while this one was written; it is discarded",
@@ -504,14 +373,55 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             // Lets a restart skip reading old map records.
             map_file.save_index().map_err(io_err)?;
             remove_other_snapshots(&this.snapshot_dir, &path);
-            inner.current_snapshot = Some((meta.clone(), path.clone()));
+            inner.current_snapshot = Some((header.clone(), path.clone()));
+            let snapshot = this.snapshot_file(&inner, &header, path);
+            drop(inner);
+            tracing::info!(
+                last_log_index = header.meta.last_log_id.map(|id| id.index),
+                ledger_size = header.omitted_below,
+                records = changing.0,
+                bytes = changing.1,
+                locked_ms = locked.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "snapshot built"
+            );
             Ok(Snapshot {
-                meta,
-                snapshot: SnapshotFile { path },
+                meta: header.meta,
+                snapshot,
             })
         })
         .await
         .map_err(io_err)?
+    }
+}
+
+impl LedgerStateMachine {
+    /// The [`SnapshotFile`] for this node's snapshot at `path`, with where its omitted settled
+    /// history is read from. Takes `inner` to be called under the lock, when no install runs.
+    fn snapshot_file(&self, inner: &Inner, header: &SnapshotHeader, path: PathBuf) -> SnapshotFile {
+        let settled = (header.omitted_below > 0).then(|| SettledPart {
+            history: inner.store.settled_history(),
+            below: header.omitted_below,
+            installs: self.installs.clone(),
+            expected: self.installs.load(Ordering::Acquire),
+        });
+        SnapshotFile { path, settled }
+    }
+}
+
+/// Marks an install in [`LedgerStateMachine::installs`]: odd from `begin` until dropped.
+struct Installing<'a>(&'a AtomicU64);
+
+impl<'a> Installing<'a> {
+    fn begin(installs: &'a AtomicU64) -> Installing<'a> {
+        installs.fetch_add(1, Ordering::AcqRel);
+        Installing(installs)
+    }
+}
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -569,14 +479,15 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
-            let (file_meta, records) = read_snapshot(&snapshot.path)?;
-            if file_meta != meta {
+            let (header, records) = snapshot_file::read_complete(&snapshot.path)?;
+            if header.meta != meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "snapshot file meta differs from the announced meta",
                 ));
             }
             let mut inner = this.lock()?;
+            let _installing = Installing::begin(&this.installs);
             let tree = this.db.raw_tree(LEDGER_TREE).map_err(io_err)?;
             let store = LedgerStore::import(
                 tree,
@@ -594,10 +505,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             store.commit().map_err(io_err)?;
             this.db.sync()?;
             // Keep the installed file as our current snapshot (under our naming scheme).
-            let kept = this.snapshot_dir.join(match &meta.last_log_id {
-                Some(id) => format!("snapshot-{}-{}.snap", id.leader_id.term, id.index),
-                None => "snapshot-empty.snap".to_owned(),
-            });
+            let kept = this.snapshot_dir.join(snapshot_file::file_name(&meta));
             if snapshot.path != kept {
                 fs::rename(&snapshot.path, &kept)
                     .or_else(|_| fs::copy(&snapshot.path, &kept).map(|_| ()))?;
@@ -605,10 +513,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             remove_other_snapshots(&this.snapshot_dir, &kept);
             inner.store = store;
-            inner.generation += 1;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.current_snapshot = Some((meta, kept));
+            inner.current_snapshot = Some((header, kept));
             Ok(())
         })
         .await
@@ -622,9 +529,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Ok(inner
             .current_snapshot
             .as_ref()
-            .map(|(meta, path)| Snapshot {
-                meta: meta.clone(),
-                snapshot: SnapshotFile { path: path.clone() },
+            .map(|(header, path)| Snapshot {
+                meta: header.meta.clone(),
+                snapshot: self.snapshot_file(&inner, header, path.clone()),
             }))
     }
 }

@@ -106,12 +106,25 @@ impl fmt::Display for NodeAddr {
     }
 }
 
-/// A snapshot kept as a file: written, fsynced and renamed into place, streamed to peers in
-/// chunks, never loaded whole into memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A snapshot kept as a file (see [`crate::snapshot_file`]): written, fsynced and renamed into
+/// place, streamed to peers in chunks.
+#[derive(Debug, Clone)]
 pub struct SnapshotFile {
     /// Path of the snapshot file.
     pub path: PathBuf,
+    /// For a snapshot this node built of its own state: where the settled history the file
+    /// leaves out is read from when it is sent. `None` for a complete file.
+    pub settled: Option<crate::snapshot_file::SettledPart>,
+}
+
+impl SnapshotFile {
+    /// A complete snapshot file (one received from a peer).
+    pub fn complete(path: PathBuf) -> SnapshotFile {
+        SnapshotFile {
+            path,
+            settled: None,
+        }
+    }
 }
 
 openraft::declare_raft_types!(

@@ -187,6 +187,48 @@ pub enum CosignOutcome {
 /// One key/value of a snapshot, or the store error met reading it.
 pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
+/// The records of a ledger's history that no later entry changes: entries, Merkle nodes of
+/// complete subtrees and the event-hash index. Below a ledger size they are written once and
+/// never again, so they can be read while later entries are applied (a snapshot copies or
+/// sends them without stopping the ledger). Owns a handle to the tree, so it outlives a borrow
+/// of the store; an install that replaces the whole state invalidates what it reads, which the
+/// caller must detect (the state machine counts installs).
+#[derive(Clone, Debug)]
+pub struct SettledHistory {
+    tree: sled::Tree,
+}
+
+impl SettledHistory {
+    /// The settled records of a snapshot at ledger size `size`: with
+    /// [`LedgerStore::changing_records`] at the same size they make the whole state.
+    pub fn records(&self, size: u64) -> impl Iterator<Item = Record> + Send + 'static {
+        let entries = self
+            .tree
+            .range(key(ENTRY, &0u64.to_be_bytes())..key(ENTRY, &size.to_be_bytes()));
+        let nodes = self.tree.scan_prefix([NODE]).filter(move |r| match r {
+            // Node (level, index) covers leaves [index·2^level, (index+1)·2^level): complete
+            // at `size` iff that range ends at or before it.
+            Ok((k, _)) => match (k.get(1), k.get(2..10).and_then(|b| b.try_into().ok())) {
+                (Some(&level), Some(raw)) => u64::from_be_bytes(raw)
+                    .checked_add(1)
+                    .and_then(|end| end.checked_shl(u32::from(level)))
+                    .is_some_and(|end| end <= size),
+                _ => true,
+            },
+            Err(_) => true,
+        });
+        let events = self.tree.scan_prefix([EVENT]).filter(move |r| match r {
+            Ok((_, v)) => v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_or(true, |index| index < size),
+            Err(_) => true,
+        });
+        entries.chain(nodes).chain(events).map(owned_record)
+    }
+}
+
 fn owned_record(r: Result<(sled::IVec, sled::IVec), sled::Error>) -> Record {
     r.map(|(k, v)| (k.to_vec(), v.to_vec()))
         .map_err(StoreError::from)
@@ -992,7 +1034,7 @@ impl LedgerStore {
 
     /// The records of a snapshot that later entries can change (subject states, indexes, node
     /// state, cosignatures, caller metadata). Read them while holding the state still; with
-    /// [`LedgerStore::settled_records`] at the same [`LedgerStore::merkle_size`] they make the whole
+    /// [`SettledHistory::records`] at the same [`LedgerStore::merkle_size`] they make the whole
     /// state. The map file is derived data and not included: [`LedgerStore::import`] rebuilds
     /// it.
     pub fn changing_records(&self) -> impl Iterator<Item = Record> + '_ {
@@ -1004,36 +1046,12 @@ impl LedgerStore {
             .map(owned_record)
     }
 
-    /// The records of a snapshot at ledger size `size` that no later entry changes: entries,
-    /// Merkle nodes of complete subtrees and the event-hash index, all below `size`. Written
-    /// once and never again, so they can be read while later entries are applied, which is
-    /// what keeps a snapshot from stopping the ledger while it copies its history. Owns a
-    /// handle to the tree: it outlives a borrow of the store.
-    pub fn settled_records(&self, size: u64) -> impl Iterator<Item = Record> + Send + 'static {
-        let entries = self
-            .tree
-            .range(key(ENTRY, &0u64.to_be_bytes())..key(ENTRY, &size.to_be_bytes()));
-        let nodes = self.tree.scan_prefix([NODE]).filter(move |r| match r {
-            // Node (level, index) covers leaves [index·2^level, (index+1)·2^level): complete
-            // at `size` iff that range ends at or before it.
-            Ok((k, _)) => match (k.get(1), k.get(2..10).and_then(|b| b.try_into().ok())) {
-                (Some(&level), Some(raw)) => u64::from_be_bytes(raw)
-                    .checked_add(1)
-                    .and_then(|end| end.checked_shl(u32::from(level)))
-                    .is_some_and(|end| end <= size),
-                _ => true,
-            },
-            Err(_) => true,
-        });
-        let events = self.tree.scan_prefix([EVENT]).filter(move |r| match r {
-            Ok((_, v)) => v
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_or(true, |index| index < size),
-            Err(_) => true,
-        });
-        entries.chain(nodes).chain(events).map(owned_record)
+    /// A handle on the records no later entry changes, for reading them without the store (see
+    /// [`SettledHistory`]).
+    pub fn settled_history(&self) -> SettledHistory {
+        SettledHistory {
+            tree: self.tree.clone(),
+        }
     }
 
     /// Replaces the whole state with a snapshot's key/values, then reopens, rebuilding the map

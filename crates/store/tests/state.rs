@@ -346,7 +346,7 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     }
     store.commit().unwrap();
     assert!(store.merkle_size() > size);
-    records.extend(store.settled_records(size).map(Result::unwrap));
+    records.extend(store.settled_history().records(size).map(Result::unwrap));
     let imported = LedgerStore::import(
         db.raw_tree("target").unwrap(),
         &dir.path().join("target.map"),

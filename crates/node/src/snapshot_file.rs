@@ -1,0 +1,575 @@
+//! The snapshot file format: writing it durably, reading it record by record, and producing
+//! the bytes a peer receives.
+//!
+//! Layout (all integers big-endian):
+//! `"WLSNAP02"` ‖ u32 meta length ‖ meta (`types::encode` of the openraft snapshot meta) ‖
+//! u64 `omitted_below` ‖ records (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖
+//! u32 0xFFFFFFFF ‖ blake3 of every preceding byte (32).
+//!
+//! A *complete* snapshot (`omitted_below` = 0) holds the whole state; it is what travels to a
+//! peer and what an install accepts. A snapshot a node builds of its own state omits the
+//! settled history below its ledger size (entries, complete Merkle subtrees, the event index:
+//! see [`SettledHistory`]): those records never change once written, so the node's own store
+//! already holds them, and copying gigabytes of history into every snapshot is what used to
+//! slow the ledger for tens of seconds at each one. When such a snapshot is sent, the settled
+//! records are read from the store as the stream is produced ([`wire_chunks`]), so the peer
+//! still receives a complete snapshot with its own checksum.
+//!
+//! Files written before this split (`"WLSNAP01"`, no `omitted_below` field) are complete
+//! snapshots and are still read.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::alias::SnapshotMetaOf;
+use tokio::sync::mpsc;
+use wasteledger_store::state::SettledHistory;
+
+use crate::types::{SnapshotFile, TypeConfig, decode, encode};
+
+const MAGIC_V1: &[u8; 8] = b"WLSNAP01";
+const MAGIC: &[u8; 8] = b"WLSNAP02";
+const END_OF_RECORDS: u32 = u32::MAX;
+/// Largest encoded snapshot meta accepted (it holds the membership).
+const MAX_META_BYTES: usize = 1 << 20;
+/// Largest key or value accepted: far above any record the store writes (a manifest state
+/// with its whole history is kilobytes), low enough that a damaged length cannot make the
+/// reader allocate gigabytes.
+const MAX_RECORD_PART_BYTES: u32 = 64 << 20;
+
+/// One key/value record of a snapshot.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+fn invalid(origin: &str, message: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot {origin}: {message}"),
+    )
+}
+
+/// What precedes a snapshot's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The openraft snapshot meta.
+    pub meta: SnapshotMetaOf<TypeConfig>,
+    /// 0 for a complete snapshot; otherwise the ledger size below which the settled history
+    /// is left out (it is in the store of the node that built the file).
+    pub omitted_below: u64,
+}
+
+/// Where the settled history left out of a snapshot file is read from when it is sent, and
+/// the install count that makes reading it valid.
+#[derive(Clone)]
+pub struct SettledPart {
+    /// The store's settled records.
+    pub history: SettledHistory,
+    /// The ledger size the snapshot was taken at.
+    pub below: u64,
+    /// The state machine's install counter: odd while an install replaces the store, bumped
+    /// again when it is done.
+    pub installs: Arc<AtomicU64>,
+    /// Its value when the snapshot was built; any other value means the store was replaced.
+    pub expected: u64,
+}
+
+impl std::fmt::Debug for SettledPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettledPart")
+            .field("below", &self.below)
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SettledPart {
+    /// An error unless the store is still the one the snapshot was built from.
+    fn check_store(&self) -> io::Result<()> {
+        if self.installs.load(Ordering::Acquire) == self.expected {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "an installed snapshot replaced the store this snapshot's history is read from; \
+                 a newer snapshot will be sent",
+            ))
+        }
+    }
+}
+
+/// Writes snapshot bytes to `W`, hashing as it goes.
+struct Encoder<W: Write> {
+    out: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(out: W, header: &SnapshotHeader) -> io::Result<Encoder<W>> {
+        let mut encoder = Encoder {
+            out,
+            hasher: blake3::Hasher::new(),
+        };
+        let meta = encode(&header.meta).map_err(io::Error::other)?;
+        encoder.put(MAGIC)?;
+        encoder.put(&(meta.len() as u32).to_be_bytes())?;
+        encoder.put(&meta)?;
+        encoder.put(&header.omitted_below.to_be_bytes())?;
+        Ok(encoder)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)
+    }
+
+    /// Writes `records`; returns how many and their key + value bytes.
+    fn records<E: std::fmt::Display>(
+        &mut self,
+        records: impl Iterator<Item = Result<Record, E>>,
+    ) -> io::Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for record in records {
+            let (k, v) = record.map_err(|e| io::Error::other(e.to_string()))?;
+            self.put(&(k.len() as u32).to_be_bytes())?;
+            self.put(&k)?;
+            self.put(&(v.len() as u32).to_be_bytes())?;
+            self.put(&v)?;
+            count += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((count, bytes))
+    }
+
+    /// Writes the end marker and checksum; returns the writer.
+    fn finish(mut self) -> io::Result<W> {
+        self.put(&END_OF_RECORDS.to_be_bytes())?;
+        let sum = self.hasher.finalize();
+        self.out.write_all(sum.as_bytes())?;
+        Ok(self.out)
+    }
+}
+
+/// A snapshot file being written: records are added in as many runs as the caller needs,
+/// then [`SnapshotWriter::finish`] makes it durable: fsync, rename, fsync of the directory.
+pub(crate) struct SnapshotWriter {
+    tmp: PathBuf,
+    path: PathBuf,
+    encoder: Encoder<BufWriter<File>>,
+}
+
+impl SnapshotWriter {
+    /// Starts `snapshot-<term>-<index>.snap` in `dir` (as a `.partial` file until finished).
+    pub(crate) fn create(dir: &Path, header: &SnapshotHeader) -> io::Result<SnapshotWriter> {
+        let path = dir.join(file_name(&header.meta));
+        let tmp = path.with_extension("partial");
+        let out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        Ok(SnapshotWriter {
+            encoder: Encoder::new(out, header)?,
+            tmp,
+            path,
+        })
+    }
+
+    /// Writes `records`; returns how many and their key + value bytes (for the build log).
+    pub(crate) fn records<E: std::fmt::Display>(
+        &mut self,
+        records: impl Iterator<Item = Result<Record, E>>,
+    ) -> io::Result<(u64, u64)> {
+        self.encoder.records(records)
+    }
+
+    /// Ends the file and makes it durable under its final name.
+    pub(crate) fn finish(self) -> io::Result<PathBuf> {
+        let file = self
+            .encoder
+            .finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(self.path)
+    }
+}
+
+/// The file name of the snapshot with `meta`.
+pub(crate) fn file_name(meta: &SnapshotMetaOf<TypeConfig>) -> String {
+    match &meta.last_log_id {
+        Some(id) => format!("snapshot-{}-{}.snap", id.leader_id.term, id.index),
+        None => "snapshot-empty.snap".to_owned(),
+    }
+}
+
+/// A snapshot read record by record; the checksum is checked when the end marker is reached,
+/// so a caller must read to the end (`None`) before trusting what it read.
+pub(crate) struct SnapshotReader<R: Read> {
+    input: R,
+    hasher: blake3::Hasher,
+    header: SnapshotHeader,
+    origin: String,
+    done: bool,
+}
+
+impl SnapshotReader<BufReader<File>> {
+    /// Opens the snapshot file at `path` and reads its header.
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        let input = BufReader::with_capacity(1 << 20, File::open(path)?);
+        SnapshotReader::new(input, path.display().to_string())
+    }
+}
+
+impl<R: Read> SnapshotReader<R> {
+    fn new(input: R, origin: String) -> io::Result<Self> {
+        let mut reader = SnapshotReader {
+            input,
+            hasher: blake3::Hasher::new(),
+            header: SnapshotHeader {
+                meta: Default::default(),
+                omitted_below: 0,
+            },
+            origin,
+            done: false,
+        };
+        let mut magic = [0u8; 8];
+        reader.read_hashed(&mut magic)?;
+        if &magic != MAGIC && &magic != MAGIC_V1 {
+            return Err(invalid(&reader.origin, "not a WasteLedger snapshot file"));
+        }
+        let meta_len = reader.read_u32()? as usize;
+        if meta_len > MAX_META_BYTES {
+            return Err(invalid(&reader.origin, "meta too large"));
+        }
+        let mut meta = vec![0u8; meta_len];
+        reader.read_hashed(&mut meta)?;
+        reader.header.meta = decode(&meta).map_err(|e| invalid(&reader.origin, e))?;
+        if &magic == MAGIC {
+            let mut below = [0u8; 8];
+            reader.read_hashed(&mut below)?;
+            reader.header.omitted_below = u64::from_be_bytes(below);
+        }
+        Ok(reader)
+    }
+
+    fn read_hashed(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.input.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => invalid(&self.origin, "truncated"),
+            _ => e,
+        })?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    fn read_u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_hashed(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    fn read_part(&mut self, len: u32) -> io::Result<Vec<u8>> {
+        if len > MAX_RECORD_PART_BYTES {
+            return Err(invalid(
+                &self.origin,
+                format!("record length {len} exceeds {MAX_RECORD_PART_BYTES}"),
+            ));
+        }
+        let mut part = vec![0u8; len as usize];
+        self.read_hashed(&mut part)?;
+        Ok(part)
+    }
+
+    /// The next record, or `None` after the end marker and a matching checksum.
+    fn next_record(&mut self) -> io::Result<Option<Record>> {
+        if self.done {
+            return Ok(None);
+        }
+        let key_len = self.read_u32()?;
+        if key_len == END_OF_RECORDS {
+            self.done = true;
+            let expected = self.hasher.finalize();
+            let mut sum = [0u8; 32];
+            self.input
+                .read_exact(&mut sum)
+                .map_err(|_| invalid(&self.origin, "truncated checksum"))?;
+            if &sum != expected.as_bytes() {
+                return Err(invalid(&self.origin, "checksum mismatch"));
+            }
+            let mut extra = [0u8; 1];
+            if self.input.read(&mut extra)? != 0 {
+                return Err(invalid(&self.origin, "trailing bytes"));
+            }
+            return Ok(None);
+        }
+        let key = self.read_part(key_len)?;
+        let value_len = self.read_u32()?;
+        let value = self.read_part(value_len)?;
+        Ok(Some((key, value)))
+    }
+}
+
+impl<R: Read> Iterator for SnapshotReader<R> {
+    type Item = io::Result<Record>;
+
+    /// Ends after the checksum is checked, or after the first error.
+    fn next(&mut self) -> Option<io::Result<Record>> {
+        match self.next_record() {
+            Ok(record) => record.map(Ok),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Reads the header of the snapshot file at `path` (the records are not checked).
+pub fn read_header(path: &Path) -> io::Result<SnapshotHeader> {
+    SnapshotReader::open(path).map(|r| r.header)
+}
+
+/// Reads a complete snapshot file whole, checksum checked, for an install.
+pub(crate) fn read_complete(path: &Path) -> io::Result<(SnapshotHeader, Vec<Record>)> {
+    let mut reader = SnapshotReader::open(path)?;
+    if reader.header.omitted_below != 0 {
+        return Err(invalid(
+            &reader.origin,
+            format!(
+                "leaves out the history below ledger size {}; only a complete snapshot can be \
+                 installed",
+                reader.header.omitted_below
+            ),
+        ));
+    }
+    let records = reader.by_ref().collect::<io::Result<Vec<_>>>()?;
+    Ok((reader.header, records))
+}
+
+/// One message of [`wire_chunks`]: the next bytes, or `None` once every byte was sent.
+pub type WireChunk = io::Result<Option<Vec<u8>>>;
+
+/// Sends what is written through it as chunks of `size` bytes.
+struct ChunkSink {
+    tx: mpsc::Sender<WireChunk>,
+    buf: Vec<u8>,
+    size: usize,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+        self.tx
+            .blocking_send(Ok(Some(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "snapshot transfer stopped"))
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, mut bytes: &[u8]) -> io::Result<usize> {
+        let written = bytes.len();
+        while !bytes.is_empty() {
+            let room = self.size - self.buf.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buf.extend_from_slice(now);
+            bytes = rest;
+            if self.buf.len() == self.size {
+                self.send()?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Sends a short last chunk.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// The bytes a peer receives for `snapshot`, in chunks of at most `chunk_size` bytes, produced
+/// on a blocking thread: a complete snapshot file is sent as it is; one built here is sent
+/// with its settled history read from the store, as a complete snapshot with its own checksum.
+/// The last message is `Ok(None)`; an error is the last message otherwise (and a channel that
+/// closes without `Ok(None)` means the producer died: never a complete transfer).
+pub fn wire_chunks(snapshot: SnapshotFile, chunk_size: usize) -> mpsc::Receiver<WireChunk> {
+    let (tx, rx) = mpsc::channel(2);
+    let chunk_size = chunk_size.max(1);
+    tokio::task::spawn_blocking(move || {
+        let mut sink = ChunkSink {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(chunk_size),
+            size: chunk_size,
+        };
+        let sent = write_wire(&snapshot, &mut sink).and_then(|()| sink.flush());
+        // Nobody to tell if the transfer was dropped.
+        let _ = tx.blocking_send(sent.map(|()| None));
+    });
+    rx
+}
+
+fn write_wire(snapshot: &SnapshotFile, sink: &mut ChunkSink) -> io::Result<()> {
+    let Some(settled) = &snapshot.settled else {
+        io::copy(&mut File::open(&snapshot.path)?, sink)?;
+        return Ok(());
+    };
+    settled.check_store()?;
+    let mut own = SnapshotReader::open(&snapshot.path)?;
+    if own.header.omitted_below != settled.below {
+        return Err(invalid(
+            &own.origin,
+            format!(
+                "leaves out history below {}, expected {}",
+                own.header.omitted_below, settled.below
+            ),
+        ));
+    }
+    let header = SnapshotHeader {
+        meta: own.header.meta.clone(),
+        omitted_below: 0,
+    };
+    let mut encoder = Encoder::new(&mut *sink, &header)?;
+    encoder.records(own.by_ref())?;
+    encoder.records(settled.history.records(settled.below))?;
+    // Checked after the history was read: an install in between may have cleared it.
+    settled.check_store()?;
+    encoder.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::types::LogId;
+    use openraft::LogId as RaftLogId;
+
+    fn header(omitted_below: u64) -> SnapshotHeader {
+        let log_id: LogId = RaftLogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
+        SnapshotHeader {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: Some(log_id),
+                ..Default::default()
+            },
+            omitted_below,
+        }
+    }
+
+    fn records(n: u8) -> Vec<Record> {
+        (0..n)
+            .map(|i| (vec![b'k', i], vec![i; i as usize]))
+            .collect()
+    }
+
+    fn write(dir: &Path, header: &SnapshotHeader, records: &[Record]) -> PathBuf {
+        let mut w = SnapshotWriter::create(dir, header).unwrap();
+        w.records(records.iter().cloned().map(Ok::<_, io::Error>))
+            .unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn a_written_snapshot_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &header(0), &records(20));
+        assert_eq!(path.file_name().unwrap(), "snapshot-3-42.snap");
+        assert_eq!(read_header(&path).unwrap(), header(0));
+        let (h, got) = read_complete(&path).unwrap();
+        assert_eq!(h, header(0));
+        assert_eq!(got, records(20));
+    }
+
+    #[test]
+    fn damage_anywhere_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &header(0), &records(5));
+        let good = fs::read(&path).unwrap();
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            fs::write(&path, &bad).unwrap();
+            assert!(read_complete(&path).is_err(), "flipped byte {at} accepted");
+        }
+        for len in 0..good.len() {
+            fs::write(&path, &good[..len]).unwrap();
+            assert!(
+                read_complete(&path).is_err(),
+                "truncation to {len} accepted"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        fs::write(&path, &longer).unwrap();
+        assert!(read_complete(&path).is_err(), "trailing byte accepted");
+    }
+
+    #[test]
+    fn a_snapshot_without_its_history_cannot_be_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &header(7), &records(3));
+        let err = read_complete(&path).unwrap_err();
+        assert!(err.to_string().contains("below ledger size 7"), "{err}");
+        assert_eq!(read_header(&path).unwrap().omitted_below, 7);
+    }
+
+    #[test]
+    fn version_1_files_are_complete_snapshots() {
+        // The old layout: no omitted_below field.
+        let meta = encode(&header(0).meta).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend((meta.len() as u32).to_be_bytes());
+        bytes.extend(&meta);
+        bytes.extend(1u32.to_be_bytes());
+        bytes.extend(b"k");
+        bytes.extend(2u32.to_be_bytes());
+        bytes.extend(b"vv");
+        bytes.extend(END_OF_RECORDS.to_be_bytes());
+        let sum = blake3::hash(&bytes);
+        bytes.extend(sum.as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.snap");
+        fs::write(&path, &bytes).unwrap();
+        let (h, got) = read_complete(&path).unwrap();
+        assert_eq!(h, header(0));
+        assert_eq!(got, vec![(b"k".to_vec(), b"vv".to_vec())]);
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<WireChunk>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            match rx.recv().await {
+                Some(Ok(Some(chunk))) => out.extend(chunk),
+                Some(Ok(None)) => return Ok(out),
+                Some(Err(e)) => return Err(e),
+                None => return Err(io::Error::other("producer stopped without an end")),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_complete_file_is_sent_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &header(0), &records(50));
+        for chunk in [1, 7, 64, 1 << 20] {
+            let sent = collect(wire_chunks(
+                SnapshotFile {
+                    path: path.clone(),
+                    settled: None,
+                },
+                chunk,
+            ))
+            .await
+            .unwrap();
+            assert_eq!(sent, fs::read(&path).unwrap());
+        }
+        let missing = SnapshotFile {
+            path: dir.path().join("missing.snap"),
+            settled: None,
+        };
+        assert!(collect(wire_chunks(missing, 64)).await.is_err());
+    }
+}
