@@ -575,7 +575,7 @@ impl LedgerStore {
                 None => batch.remove(k),
             }
         }
-        self.tree.apply_batch(batch)?;
+        crate::durable::apply_sled_batch(&self.tree, batch)?;
         Ok(())
     }
 
@@ -911,7 +911,7 @@ impl LedgerStore {
         for (k, v) in meta {
             batch.insert(key(USER, k), v.clone());
         }
-        self.tree.apply_batch(batch)?;
+        crate::durable::apply_sled_batch(&self.tree, batch)?;
         Ok(CosignOutcome::Recorded {
             size,
             cosigners,
@@ -1069,12 +1069,12 @@ impl LedgerStore {
             batch.insert(k, v);
             n += 1;
             if n.is_multiple_of(10_000) {
-                tree.apply_batch(std::mem::take(&mut batch))?;
+                crate::durable::apply_sled_batch(&tree, std::mem::take(&mut batch))?;
             }
         }
         // A map file state names the sender's file, not ours.
         batch.remove(key(STATE, MAP_STATE));
-        tree.apply_batch(batch)?;
+        crate::durable::apply_sled_batch(&tree, batch)?;
         LedgerStore::open(tree, map_path, genesis)
     }
 }
