@@ -568,13 +568,18 @@ fn snapshot_chunks(
         bytes: tokio::sync::mpsc::Receiver<WireChunk>,
         meta: Option<Vec<u8>>,
         on_error: Option<oneshot::Sender<io::Error>>,
+        done: bool,
     }
     let state = State {
         bytes,
         meta: Some(meta),
         on_error: Some(on_error),
+        done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
         let failure = match st.bytes.recv().await {
             Some(Ok(Some(data))) => {
                 let meta = st.meta.take().unwrap_or_default();
@@ -582,6 +587,7 @@ fn snapshot_chunks(
             }
             // The end; an empty snapshot still sends its meta.
             Some(Ok(None)) => {
+                st.done = true;
                 return st.meta.take().map(|meta| {
                     let chunk = SnapshotChunk {
                         meta,
@@ -1304,7 +1310,15 @@ mod tests {
     async fn full_size_append_batches_cross_the_transport() -> TestResult {
         let dir = tempfile::tempdir()?;
         let (addr, _stop, _rx) = stand_in(dir.path()).await?;
-        let mut client = peer(1, addr).await;
+        // 37.5 MiB through an unoptimised test build on a loaded machine can take longer than
+        // openraft's 2 s default; this test is about sizes, not speed.
+        let config = NetworkConfig {
+            min_rpc_timeout: Duration::from_secs(60),
+            ..NetworkConfig::default()
+        };
+        let mut client = Network::with_config(99, config)
+            .new_client(1, &node_addr(addr))
+            .await;
         // 64 entries of 100 KiB (6.4 MiB: above tonic's 4 MiB default).
         let resp = client
             .append_entries(append_request(64, 100 * 1024), option())

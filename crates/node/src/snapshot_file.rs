@@ -445,14 +445,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::types::LogId;
-    use openraft::LogId as RaftLogId;
 
     fn header(omitted_below: u64) -> SnapshotHeader {
-        let log_id: LogId = RaftLogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
         SnapshotHeader {
             meta: SnapshotMetaOf::<TypeConfig> {
-                last_log_id: Some(log_id),
+                last_log_id: Some(openraft::testing::log_id::<TypeConfig>(3, 1, 42)),
                 ..Default::default()
             },
             omitted_below,
