@@ -327,16 +327,18 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) {
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     type SnapshotData = SnapshotFile;
 
-    /// A consistent snapshot that stops the ledger only while the records later entries can
-    /// change (subject states, indexes, metadata) are written, under the state-machine lock.
-    /// The settled history below the snapshot's size (entries, complete Merkle subtrees, the
-    /// event index: most of the bytes) is not copied at all: the store keeps it unchanged, and
-    /// it is read from there when the snapshot is sent (`snapshot_file::wire_chunks`).
+    /// A consistent snapshot that holds the state-machine lock only to commit and start a
+    /// copy. The records later entries can change (subject states, indexes, metadata) are
+    /// copied as of that moment while entries go on being applied (`ChangingCopy` keeps what
+    /// a key held before its first write since). The settled history below the snapshot's
+    /// size (entries, complete Merkle subtrees, the event index: most of the bytes) is not
+    /// copied at all: the store keeps it unchanged, and it is read from there when the
+    /// snapshot is sent (`snapshot_file::wire_chunks`).
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (header, writer, installs, map_file, changing) = {
+            let (header, mut writer, copy, installs, map_file) = {
                 let inner = this.lock()?;
                 let size = inner.store.merkle_size();
                 let header = SnapshotHeader {
@@ -351,14 +353,15 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     .store
                     .record_integrity_checkpoint(size, &root)
                     .map_err(io_err)?;
-                inner.store.commit().map_err(io_err)?;
-                let mut writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
-                let changing = writer.records(inner.store.changing_records())?;
+                let copy = inner.store.begin_changing_copy().map_err(io_err)?;
+                let writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
                 // Read under the lock, which an install holds throughout: never odd here.
                 let installs = this.installs.load(Ordering::Acquire);
-                (header, writer, installs, inner.store.map_file(), changing)
+                (header, writer, copy, installs, inner.store.map_file())
             };
             let locked = started.elapsed();
+            let changing = writer.records(copy.records())?;
+            drop(copy);
             let path = writer.finish()?;
             // Most of the map file's dirty pages, synced without the lock, so saving its index
             // below (which must not race an install rebuilding the file) holds it briefly.

@@ -187,6 +187,118 @@ pub enum CosignOutcome {
 /// One key/value of a snapshot, or the store error met reading it.
 pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
+/// Prefixes of the records later entries change, in ascending byte order (a copy scans them
+/// in this order and relies on it: see [`LedgerStore::write`]).
+const CHANGING: [u8; 7] = [COSIG, KEY_OWNER, MANIFEST, PARTY, STATE, USER, INDEX];
+
+/// True for a key a snapshot copies as a changing record. The map file's own state is left
+/// out: the receiver rebuilds the map file and writes its own.
+fn is_changing(k: &[u8]) -> bool {
+    k.first().is_some_and(|p| CHANGING.contains(p))
+        && !(k.first() == Some(&STATE) && &k[1..] == MAP_STATE)
+}
+
+fn copy_poisoned() -> StoreError {
+    StoreError::Inconsistent("snapshot copy lock poisoned".into())
+}
+
+/// The state of a [`ChangingCopy`], shared with the store's writes.
+type CopyHandle = Arc<Mutex<Option<CopyState>>>;
+
+/// What a copy in progress needs from the writes made while it runs.
+#[derive(Default)]
+struct CopyState {
+    /// The last key the copy's scan has read (it scans in ascending key order).
+    cursor: Vec<u8>,
+    /// Changing records written since the copy began, by key: what each held then.
+    images: HashMap<Vec<u8>, BeforeImage>,
+}
+
+/// A changing record's value when a copy began, kept from its first write after that.
+struct BeforeImage {
+    /// `None`: the key did not exist.
+    value: Option<Vec<u8>>,
+    /// The copy already holds this record's value as of its start.
+    copied: bool,
+}
+
+/// The changing records as they were when [`LedgerStore::begin_changing_copy`] was called,
+/// read while later entries are applied. The scan reads the live tree; the first write to a
+/// key after the copy began records the key's earlier value, and the scan reports that value
+/// instead of the live one (or nothing, for a key created since). Keys deleted since are
+/// reported from their recorded value after the scan. Recording stops when this is dropped.
+pub struct ChangingCopy {
+    tree: sled::Tree,
+    handle: CopyHandle,
+}
+
+impl ChangingCopy {
+    /// The records, each once. Read them on one thread, to the end.
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        let scan = CHANGING
+            .into_iter()
+            .flat_map(|prefix| self.tree.scan_prefix([prefix]))
+            .filter_map(|r| {
+                let (k, live) = match r {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                if !is_changing(&k) {
+                    return None;
+                }
+                let mut copy = match self.handle.lock() {
+                    Ok(copy) => copy,
+                    Err(_) => return Some(Err(copy_poisoned())),
+                };
+                let Some(state) = copy.as_mut() else {
+                    return Some(Err(copy_ended()));
+                };
+                state.cursor = k.to_vec();
+                match state.images.get_mut(k.as_ref()) {
+                    Some(image) => {
+                        image.copied = true;
+                        image.value.clone().map(|v| Ok((k.to_vec(), v)))
+                    }
+                    None => Some(Ok((k.to_vec(), live.to_vec()))),
+                }
+            });
+        // Evaluated once the scan is done: records deleted before the scan reached them.
+        let deleted = std::iter::once(()).flat_map(move |()| {
+            let mut out = Vec::new();
+            match self.handle.lock() {
+                Ok(mut copy) => match copy.as_mut() {
+                    Some(state) => {
+                        for (k, image) in &mut state.images {
+                            if !image.copied
+                                && let Some(v) = &image.value
+                            {
+                                image.copied = true;
+                                out.push(Ok((k.clone(), v.clone())));
+                            }
+                        }
+                    }
+                    None => out.push(Err(copy_ended())),
+                },
+                Err(_) => out.push(Err(copy_poisoned())),
+            }
+            out
+        });
+        scan.chain(deleted)
+    }
+}
+
+impl Drop for ChangingCopy {
+    fn drop(&mut self) {
+        if let Ok(mut copy) = self.handle.lock() {
+            *copy = None;
+        }
+    }
+}
+
+fn copy_ended() -> StoreError {
+    StoreError::Inconsistent("the snapshot copy ended while it was read".into())
+}
+
 /// The records of a ledger's history that no later entry changes: entries, Merkle nodes of
 /// complete subtrees and the event-hash index. Below a ledger size they are written once and
 /// never again, so they can be read while later entries are applied (a snapshot copies or
@@ -247,6 +359,8 @@ pub struct LedgerStore {
     chain_head: Digest,
     last_sequenced_at: i64,
     caches: Caches,
+    /// The snapshot copy of the changing records in progress, if any.
+    copy: CopyHandle,
 }
 
 /// Derived data kept in memory because every event needs it: decoded party records (every
@@ -388,6 +502,7 @@ impl LedgerStore {
             chain_head,
             last_sequenced_at,
             caches: Caches::default(),
+            copy: CopyHandle::default(),
         })
     }
 
@@ -567,14 +682,41 @@ impl LedgerStore {
         self.map.store().flush()?;
         let mut map_state = self.map.store().records()?.to_be_bytes().to_vec();
         map_state.extend_from_slice(self.map.root().as_bytes());
+        self.write(std::iter::once((key(STATE, MAP_STATE), Some(map_state))).chain(staged))
+    }
+
+    /// Applies `writes` (`None` = delete) as one atomic sled batch: every write to the tree
+    /// goes through here, so a snapshot copy in progress records what each changing record
+    /// held before its first write ([`ChangingCopy`]).
+    fn write(
+        &self,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
+        let mut copy = self.copy.lock().map_err(|_| copy_poisoned())?;
         let mut batch = sled::Batch::default();
-        batch.insert(key(STATE, MAP_STATE), map_state);
-        for (k, v) in staged {
+        for (k, v) in writes {
+            if let Some(state) = copy.as_mut()
+                && is_changing(&k)
+                && !state.images.contains_key(&k)
+            {
+                let before = self.tree.get(&k)?.map(|v| v.to_vec());
+                // The scan goes in key order: a key at or before its cursor was read already,
+                // with the value it held when the copy began (this is its first write since).
+                let scanned = k.as_slice() <= state.cursor.as_slice();
+                state.images.insert(
+                    k.clone(),
+                    BeforeImage {
+                        value: before,
+                        copied: scanned,
+                    },
+                );
+            }
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
         }
+        drop(copy);
         crate::durable::apply_sled_batch(&self.tree, batch)?;
         Ok(())
     }
@@ -878,16 +1020,16 @@ impl LedgerStore {
                 signature.name
             ));
         }
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::new();
         let mut blob = signature.key_hint.to_vec();
         blob.extend_from_slice(&signature.signature);
-        batch.insert(
+        writes.push((
             key(
                 COSIG,
                 &[size.to_be_bytes().as_slice(), signature.name.as_bytes()].concat(),
             ),
-            blob,
-        );
+            Some(blob),
+        ));
         let mut all = self.cosignatures(size)?;
         all.retain(|s| s.name != signature.name);
         all.push(signature.clone());
@@ -903,15 +1045,15 @@ impl LedgerStore {
             .is_ok();
         let newer = self.published_size()?.is_none_or(|p| size > p);
         if published && newer {
-            batch.insert(key(STATE, PUBLISHED), size.to_be_bytes().to_vec());
+            writes.push((key(STATE, PUBLISHED), Some(size.to_be_bytes().to_vec())));
             let mut integrity = size.to_be_bytes().to_vec();
             integrity.extend_from_slice(note.checkpoint.root.as_bytes());
-            batch.insert(key(STATE, INTEGRITY), integrity);
+            writes.push((key(STATE, INTEGRITY), Some(integrity)));
         }
         for (k, v) in meta {
-            batch.insert(key(USER, k), v.clone());
+            writes.push((key(USER, k), Some(v.clone())));
         }
-        crate::durable::apply_sled_batch(&self.tree, batch)?;
+        self.write(writes)?;
         Ok(CosignOutcome::Recorded {
             size,
             cosigners,
@@ -945,8 +1087,7 @@ impl LedgerStore {
     pub fn record_integrity_checkpoint(&self, size: u64, root: &Digest) -> Result<(), StoreError> {
         let mut v = size.to_be_bytes().to_vec();
         v.extend_from_slice(root.as_bytes());
-        self.tree.insert(key(STATE, INTEGRITY), v)?;
-        Ok(())
+        self.write([(key(STATE, INTEGRITY), Some(v))])
     }
 
     /// A handle to the map file, to save its index without holding the store
@@ -1032,18 +1173,25 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// The records of a snapshot that later entries can change (subject states, indexes, node
-    /// state, cosignatures, caller metadata). Read them while holding the state still; with
-    /// [`SettledHistory::records`] at the same [`LedgerStore::merkle_size`] they make the whole
-    /// state. The map file is derived data and not included: [`LedgerStore::import`] rebuilds
-    /// it.
-    pub fn changing_records(&self) -> impl Iterator<Item = Record> + '_ {
-        let own_map_state = key(STATE, MAP_STATE);
-        [MANIFEST, PARTY, KEY_OWNER, INDEX, STATE, COSIG, USER]
-            .into_iter()
-            .flat_map(|prefix| self.tree.scan_prefix([prefix]))
-            .filter(move |r| !matches!(r, Ok((k, _)) if k.as_ref() == own_map_state.as_slice()))
-            .map(owned_record)
+    /// Starts copying the records of a snapshot that later entries can change (subject
+    /// states, indexes, node state, cosignatures, caller metadata), as they are now: commits
+    /// what is staged, then returns a copy that can be read while later entries are applied.
+    /// With [`SettledHistory::records`] at the same [`LedgerStore::merkle_size`] they make the
+    /// whole state. The map file is derived data and not included: [`LedgerStore::import`]
+    /// rebuilds it. One copy at a time.
+    pub fn begin_changing_copy(&self) -> Result<ChangingCopy, StoreError> {
+        self.commit()?;
+        let mut copy = self.copy.lock().map_err(|_| copy_poisoned())?;
+        if copy.is_some() {
+            return Err(StoreError::Inconsistent(
+                "a snapshot copy is already in progress".into(),
+            ));
+        }
+        *copy = Some(CopyState::default());
+        Ok(ChangingCopy {
+            tree: self.tree.clone(),
+            handle: self.copy.clone(),
+        })
     }
 
     /// A handle on the records no later entry changes, for reading them without the store (see

@@ -330,22 +330,33 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     )
     .unwrap();
     let all = events(&net);
-    let (before, after) = all.split_at(all.len() - 3);
+    // The manifest's first events before the snapshot, the rest while it is copied: they
+    // change, create and delete changing records (its state, status indexes) on both sides
+    // of the copy's scan position.
+    let (before, after) = all.split_at(all.len() - 5);
     for (event, time) in before {
         let _ = reference.submit(event, *time);
         let _ = store.apply(event, *time, &[]).unwrap();
     }
-    store.commit().unwrap();
-    // The snapshot's changing part is read with the state held still ...
     let size = store.merkle_size();
-    let mut records: Vec<(Vec<u8>, Vec<u8>)> =
-        store.changing_records().map(Result::unwrap).collect();
-    // ... its settled part while later entries are applied and committed.
+    let copy = store.begin_changing_copy().unwrap();
+    assert!(
+        store.begin_changing_copy().is_err(),
+        "a second copy must be refused while one runs"
+    );
+    let mut changing = copy.records();
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (event, time) in after {
+        records.extend(changing.by_ref().take(3).map(Result::unwrap));
         let _ = store.apply(event, *time, &[]).unwrap();
+        store.commit().unwrap();
     }
-    store.commit().unwrap();
+    records.extend(changing.map(Result::unwrap));
+    let keys: std::collections::HashSet<_> = records.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), records.len(), "a record copied twice");
+    drop(copy);
     assert!(store.merkle_size() > size);
+    // The settled part is read after later entries were applied and committed.
     records.extend(store.settled_history().records(size).map(Result::unwrap));
     let imported = LedgerStore::import(
         db.raw_tree("target").unwrap(),
