@@ -535,6 +535,64 @@ mod tests {
         assert_eq!(got, vec![(b"k".to_vec(), b"vv".to_vec())]);
     }
 
+    /// A store holding the sample network's registrations, and its settled history.
+    fn settled_store(dir: &Path) -> (wasteledger_store::state::LedgerStore, u64) {
+        use wasteledger_core::sample::{HOUR, SampleNetwork, T0};
+        let net = SampleNetwork::new().unwrap();
+        let db = wasteledger_store::DurableDb::open(dir.join("db")).unwrap();
+        let mut store = wasteledger_store::state::LedgerStore::open(
+            db.raw_tree("ledger").unwrap(),
+            &dir.join("ledger.map"),
+            net.genesis.clone(),
+        )
+        .unwrap();
+        for event in net.registrations() {
+            let _ = store.apply(&event, T0 - HOUR, &[]).unwrap();
+        }
+        store.commit().unwrap();
+        let size = store.merkle_size();
+        assert!(size > 0);
+        (store, size)
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_is_sent_complete_with_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, size) = settled_store(dir.path());
+        let own = records(4);
+        let path = write(dir.path(), &header(size), &own);
+        let installs = Arc::new(AtomicU64::new(2));
+        let snapshot = SnapshotFile {
+            path,
+            settled: Some(SettledPart {
+                history: store.settled_history(),
+                below: size,
+                installs: installs.clone(),
+                expected: 2,
+            }),
+        };
+        let sent = collect(wire_chunks(snapshot.clone(), 100)).await.unwrap();
+        let received = dir.path().join("received.snap");
+        fs::write(&received, &sent).unwrap();
+        let (h, got) = read_complete(&received).unwrap();
+        assert_eq!(h, header(0));
+        let history: Vec<Record> = store
+            .settled_history()
+            .records(size)
+            .map(Result::unwrap)
+            .collect();
+        assert!(!history.is_empty());
+        assert_eq!(got, [own, history].concat());
+
+        // An install since the snapshot was built: its history is gone, nothing is sent whole.
+        installs.fetch_add(2, Ordering::AcqRel);
+        let err = collect(wire_chunks(snapshot, 100)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("installed snapshot replaced"),
+            "{err}"
+        );
+    }
+
     async fn collect(mut rx: mpsc::Receiver<WireChunk>) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         loop {
