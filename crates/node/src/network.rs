@@ -1306,19 +1306,24 @@ mod tests {
         Ok((addr, stop, rx))
     }
 
-    #[tokio::test]
-    async fn full_size_append_batches_cross_the_transport() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let (addr, _stop, _rx) = stand_in(dir.path()).await?;
-        // 37.5 MiB through an unoptimised test build on a loaded machine can take longer than
-        // openraft's 2 s default; this test is about sizes, not speed.
+    /// A client to node 1 at `addr` with a 60 s deadline: tens of MiB through an unoptimised
+    /// test build on a loaded machine can take longer than openraft's 2 s default, and the
+    /// tests using it are about sizes, not speed.
+    async fn patient_peer(addr: SocketAddr) -> PeerClient {
         let config = NetworkConfig {
             min_rpc_timeout: Duration::from_secs(60),
             ..NetworkConfig::default()
         };
-        let mut client = Network::with_config(99, config)
+        Network::with_config(99, config)
             .new_client(1, &node_addr(addr))
-            .await;
+            .await
+    }
+
+    #[tokio::test]
+    async fn full_size_append_batches_cross_the_transport() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (addr, _stop, _rx) = stand_in(dir.path()).await?;
+        let mut client = patient_peer(addr).await;
         // 64 entries of 100 KiB (6.4 MiB: above tonic's 4 MiB default).
         let resp = client
             .append_entries(append_request(64, 100 * 1024), option())
@@ -1339,14 +1344,7 @@ mod tests {
     async fn oversize_batch_is_sent_as_a_prefix() -> TestResult {
         let dir = tempfile::tempdir()?;
         let (addr, _stop, _rx) = stand_in(dir.path()).await?;
-        // 64 MiB through an unoptimised test build takes a few seconds.
-        let config = NetworkConfig {
-            min_rpc_timeout: Duration::from_secs(60),
-            ..NetworkConfig::default()
-        };
-        let mut client = Network::with_config(99, config)
-            .new_client(1, &node_addr(addr))
-            .await;
+        let mut client = patient_peer(addr).await;
         // More maximum-size entries than one message holds: openraft gets PartialSuccess for
         // the prefix that fitted (511 entries, see MAX_PAYLOAD_ENTRIES) and sends the rest next.
         let res = client
