@@ -242,8 +242,6 @@ struct QueueState {
     stopped: bool,
 }
 
-/// Locks a mutex, ignoring poisoning: every critical section in this module leaves its data
-/// consistent at every point where a panic could occur (callbacks never run under a lock).
 /// Keeps sled's `Db::flush` and `Tree::apply_batch` from overlapping, process-wide like sled's
 /// own "concurrency control" lock. Inside sled a flush holds that lock shared while it waits
 /// for its log buffers to reach the file, and a batch takes it exclusive, so the two already
@@ -262,6 +260,8 @@ pub(crate) fn apply_sled_batch(tree: &sled::Tree, batch: sled::Batch) -> sled::R
     tree.apply_batch(batch)
 }
 
+/// Locks a mutex, ignoring poisoning: every critical section in this module leaves its data
+/// consistent at every point where a panic could occur (callbacks never run under a lock).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -724,8 +724,8 @@ impl DurableTree {
     ///
     /// Cost: sled 0.34 applies a batch under a process-wide write lock (its "concurrency
     /// control") that first waits for every `flush()` in progress, including the committer's
-    /// (here, at [`SLED_BATCH_GATE`]), and holds up all other writes meanwhile. Use batches where atomicity is needed, not as a
-    /// speed-up.
+    /// (here, at the store's own flush/batch gate), and holds up all other writes meanwhile.
+    /// Use batches where atomicity is needed, not as a speed-up.
     pub fn apply_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
         Ok(apply_sled_batch(&self.tree, batch.batch)?)
     }

@@ -190,6 +190,16 @@ pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 /// Prefixes of the records later entries change, in ascending byte order (a copy scans them
 /// in this order and relies on it: see [`LedgerStore::write`]).
 const CHANGING: [u8; 7] = [COSIG, KEY_OWNER, MANIFEST, PARTY, STATE, USER, INDEX];
+const _: () = {
+    let mut i = 1;
+    while i < CHANGING.len() {
+        assert!(
+            CHANGING[i - 1] < CHANGING[i],
+            "CHANGING must be in ascending order"
+        );
+        i += 1;
+    }
+};
 
 /// True for a key a snapshot copies as a changing record. The map file's own state is left
 /// out: the receiver rebuilds the map file and writes its own.
@@ -312,7 +322,7 @@ pub struct SettledHistory {
 
 impl SettledHistory {
     /// The settled records of a snapshot at ledger size `size`: with
-    /// [`LedgerStore::changing_records`] at the same size they make the whole state.
+    /// a [`ChangingCopy`] begun at the same size they make the whole state.
     pub fn records(&self, size: u64) -> impl Iterator<Item = Record> + Send + 'static {
         let entries = self
             .tree
