@@ -75,7 +75,7 @@ pub struct Cluster {
     pub specs: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Child>,
     binary: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -152,7 +152,7 @@ impl Cluster {
             specs,
             procs: BTreeMap::new(),
             binary: binary.to_owned(),
-            _dir: dir,
+            dir,
         };
         let ids: Vec<u64> = cluster.specs.keys().copied().collect();
         for id in ids {
@@ -178,6 +178,13 @@ impl Cluster {
             .spawn()
             .expect("spawn wasteledger node");
         self.procs.insert(id, child);
+    }
+
+    /// Keeps the cluster's directory (configs, data, node logs) after the cluster is dropped,
+    /// for a look at what the nodes stored; returns its path.
+    pub fn keep_files(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
     }
 
     /// The process id of node `id`, while it runs.

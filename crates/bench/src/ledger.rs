@@ -197,6 +197,8 @@ pub(crate) struct LedgerBench {
     pub(crate) proofs: usize,
     /// Measure a node restart at the end.
     pub(crate) restart: bool,
+    /// Keep the cluster's directory after the run.
+    pub(crate) keep_data: bool,
 }
 
 /// Extra figures measured once per benchmark.
@@ -221,6 +223,10 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
         );
     }
     let mut cluster = Cluster::start_with_raft(&opts.binary, 3, "");
+    if opts.keep_data {
+        let dir = cluster.keep_files();
+        eprintln!("keeping the cluster's files in {}", dir.display());
+    }
     let leader = wait_leader(&cluster).await?;
     let api = cluster.specs[&leader].api.clone();
     for event in cluster.net.registrations() {

@@ -57,6 +57,9 @@ enum Command {
         /// Measure a follower restart at the end.
         #[arg(long)]
         restart: bool,
+        /// Keep the cluster's directory (node data and logs) and print its path at the end.
+        #[arg(long)]
+        keep_data: bool,
     },
     /// Drive a running etcd with puts of `--value-size` bytes.
     Etcd {
@@ -114,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             binary,
             proofs,
             restart,
+            keep_data,
         } => {
             let binary = match binary {
                 Some(b) => b,
@@ -129,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 window: load.window,
                 proofs,
                 restart,
+                keep_data,
             };
             let (reports, extras) = ledger::run(&opts).await?;
             if load.json {
