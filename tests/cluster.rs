@@ -311,6 +311,63 @@ async fn no_commit_without_quorum_and_tampered_node_refuses_to_serve() {
     assert!(head.size >= 7);
 }
 
+/// Start-up reads only the entries since the integrity checkpoint; damage below it is found by
+/// the history check that runs once the node serves, and stops the node with the same error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_settled_history_is_found_after_start_up_and_stops_the_node() {
+    let mut cluster = Cluster::start(Path::new(BIN), 3);
+    register_parties(&cluster, &[1]).await;
+    for serial in 1..=70 {
+        let (_, event) = create_event(&cluster, serial);
+        cluster.submit(1, &event, LONG).await.expect("create");
+    }
+    cluster
+        .converged(&[1, 2, 3], 76, LONG)
+        .await
+        .expect("agree");
+    // The test timings snapshot every 50 entries; a snapshot records the integrity checkpoint.
+    let deadline = std::time::Instant::now() + LONG;
+    while !cluster.logs(3).contains("snapshot built") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 built no snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.stop(3), Some(0));
+    let spec = cluster.specs[&3].clone();
+    {
+        let db = wasteledger_store::DurableDb::open(spec.data_dir.join("db"))
+            .expect("open node 3's store");
+        let tree = db.raw_tree("ledger").expect("ledger tree");
+        let key = [b"E".as_slice(), &2u64.to_be_bytes()].concat();
+        let mut bytes = tree.get(&key).expect("read").expect("entry 2").to_vec();
+        bytes[60] ^= 0x01;
+        tree.insert(&key, bytes).expect("write");
+        db.sync().expect("sync");
+    }
+    cluster.start_node(3);
+    let code = cluster.wait_exit(3, LONG);
+    let logs = cluster.logs(3);
+    let restart = &logs[logs
+        .rfind("storage opened")
+        .expect("node 3 opened its storage again")..];
+    assert!(
+        restart.contains("node started"),
+        "start-up passed: entry 2 is below the checkpoint\n{restart}"
+    );
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "a node with damaged history must stop (exit {code:?})"
+    );
+    assert!(
+        restart.contains("settled history is damaged") && restart.contains("entry 2"),
+        "the error names the check and the first bad index:\n{restart}"
+    );
+    // The others never stopped serving.
+    cluster.converged(&[1, 2], 76, LONG).await.expect("agree");
+}
+
 /// Throughput and commit latency through a 3-node cluster, fsync on. A measurement, not an
 /// assertion: run with
 /// `cargo test --release -p wasteledger --test cluster -- --ignored --nocapture load_figures`.

@@ -19,6 +19,7 @@ pub mod snapshot_file;
 pub mod state_machine;
 
 pub mod config;
+pub mod history;
 pub mod network;
 pub mod node;
 pub mod status;

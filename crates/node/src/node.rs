@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
@@ -16,6 +16,7 @@ use wasteledger_core::genesis::Genesis;
 use wasteledger_core::pb;
 use wasteledger_store::{DurableDb, LogStore, StoreError};
 
+use crate::history::{HistoryState, HistoryTask};
 use crate::log_storage::LogStorage;
 use crate::network::{Network, raft_service};
 use crate::state_machine::LedgerStateMachine;
@@ -139,6 +140,7 @@ pub struct Node {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: Option<oneshot::Sender<()>>,
     db: DurableDb,
+    history: HistoryTask,
 }
 
 fn now_ms() -> i64 {
@@ -149,9 +151,15 @@ fn now_ms() -> i64 {
 }
 
 impl Node {
-    /// Opens storage, checks its integrity, starts Raft and the transport server.
+    /// Opens storage, checks the entries since the integrity checkpoint, starts Raft, the
+    /// transport server and the background check of settled history
+    /// ([`Node::history_check`]).
     pub async fn start(options: NodeOptions) -> Result<Node, NodeError> {
+        // Start-up time is an operator-visible figure (a restarted node is out of the quorum
+        // until it is back), so each phase's duration is logged.
+        let started = Instant::now();
         let db = DurableDb::open(options.data_dir.join("db"))?;
+        let db_opened = started.elapsed();
         let log = LogStorage::new(LogStore::open(db.clone())?);
         let state_machine = LedgerStateMachine::open(
             &db,
@@ -159,9 +167,11 @@ impl Node {
             options.data_dir.join("snapshots"),
             options.data_dir.join("ledger.map"),
         )?;
-        state_machine
-            .with_store(|s| s.verify_integrity())?
+        let ledger_opened = started.elapsed();
+        let pending_history = state_machine
+            .verify_recent()?
             .map_err(NodeError::Integrity)?;
+        let checked = started.elapsed();
         let t = &options.timings;
         let config = openraft::Config {
             cluster_name: options.genesis.ledger_name().to_owned(),
@@ -186,6 +196,16 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        tracing::info!(
+            db_ms = db_opened.as_millis() as u64,
+            ledger_ms = (ledger_opened - db_opened).as_millis() as u64,
+            integrity_ms = (checked - ledger_opened).as_millis() as u64,
+            raft_ms = (started.elapsed() - checked).as_millis() as u64,
+            // Entries below the integrity checkpoint, left to the background check.
+            history_entries = pending_history.as_ref().map_or(0, |p| p.entries()),
+            "storage opened"
+        );
+        let history = HistoryTask::start(state_machine.clone(), pending_history);
         let raft_addr = options.raft_listener.local_addr()?.to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let service = raft_service(raft.clone(), options.data_dir.join("snapshots"));
@@ -207,7 +227,14 @@ impl Node {
             server,
             stop: Some(stop),
             db,
+            history,
         })
+    }
+
+    /// The background check of settled history: a [`HistoryState::Failed`] means the node
+    /// must stop serving (`history::failure` waits for one).
+    pub fn history_check(&self) -> tokio::sync::watch::Receiver<HistoryState> {
+        self.history.state()
     }
 
     /// This node's address record.
@@ -433,6 +460,7 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.history.stop().await;
         // Nothing applies any more: save the map index so the next start is quick.
         let saved = self
             .state_machine

@@ -15,7 +15,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -30,7 +30,9 @@ use wasteledger_core::checkpoint::NoteSignature;
 use wasteledger_core::genesis::Genesis;
 use wasteledger_core::ledger::Rejection;
 use wasteledger_core::pb;
-use wasteledger_store::state::{CosignOutcome, LedgerStore};
+use wasteledger_store::state::{
+    CosignOutcome, HistoryCheck, HistoryChecked, IntegrityError, LedgerStore,
+};
 use wasteledger_store::{DurableDb, StoreError};
 
 use crate::snapshot_file::{self, SettledPart, SnapshotHeader, SnapshotWriter};
@@ -409,6 +411,59 @@ impl LedgerStateMachine {
             expected: self.installs.load(Ordering::Acquire),
         });
         SnapshotFile { path, settled }
+    }
+}
+
+/// The check of settled history that the start-up check leaves to run beside the ledger
+/// ([`LedgerStateMachine::verify_recent`]), tied to the state it was taken from.
+#[derive(Debug)]
+pub struct PendingHistoryCheck {
+    check: HistoryCheck,
+    /// [`LedgerStateMachine::installs`] when it was taken.
+    installs: u64,
+}
+
+impl PendingHistoryCheck {
+    /// Entries it will check.
+    pub fn entries(&self) -> u64 {
+        self.check.entries()
+    }
+}
+
+impl LedgerStateMachine {
+    /// The start-up integrity check (`LedgerStore::verify_recent`): the entries since the
+    /// integrity checkpoint. Returns the check of the history below it, to run with
+    /// [`LedgerStateMachine::check_history`] once the node serves.
+    pub fn verify_recent(&self) -> io::Result<Result<Option<PendingHistoryCheck>, IntegrityError>> {
+        let inner = self.lock()?;
+        // Read under the lock, which an install holds throughout: never odd here.
+        let installs = self.installs.load(Ordering::Acquire);
+        Ok(inner
+            .store
+            .verify_recent()
+            .map(|check| check.map(|check| PendingHistoryCheck { check, installs })))
+    }
+
+    /// Runs `pending` to the end without the state lock. Returns `None`, and no verdict, if
+    /// `stop` is set first or a snapshot install replaced the state it was reading (the
+    /// installed state was checked in full by the install).
+    pub fn check_history(
+        &self,
+        pending: &PendingHistoryCheck,
+        stop: &AtomicBool,
+    ) -> Option<Result<(), IntegrityError>> {
+        let replaced = || self.installs.load(Ordering::Acquire) != pending.installs;
+        let verdict = pending
+            .check
+            .run(&mut || stop.load(Ordering::Relaxed) || replaced());
+        if replaced() {
+            return None;
+        }
+        match verdict {
+            Ok(HistoryChecked::Complete) => Some(Ok(())),
+            Ok(HistoryChecked::Stopped) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use wasteledger_core::genesis::Genesis;
 use wasteledger_core::signing::parse_secret_key_file;
 use wasteledger_node::config::NodeConfig;
-use wasteledger_node::node::{Node, NodeOptions};
+use wasteledger_node::node::{Node, NodeError, NodeOptions};
 use wasteledger_node::types::NodeAddr;
 
 use crate::LedgerApi;
@@ -249,7 +249,12 @@ pub async fn run_node(
     let metrics_task = metrics_listener.map(|(listener, handle)| {
         tokio::spawn(observe::serve_metrics(listener, handle, stop_rx.clone()))
     });
-    shutdown.await;
+    // Damage found in settled history after start-up stops the node as the start-up check
+    // would have: cleanly, then with the error.
+    let damaged = tokio::select! {
+        () = shutdown => None,
+        e = wasteledger_node::history::failure(node.history_check()) => Some(e),
+    };
     tracing::info!(id = config.id, "shutting down: draining calls in flight");
     // Load balancers stop sending new calls first; then the listeners stop accepting and the
     // calls in flight finish (bounded); Raft stops last, so those calls can still commit.
@@ -283,5 +288,8 @@ pub async fn run_node(
             }
         }
     }
-    Ok(())
+    match damaged {
+        Some(e) => Err(RunError::Node(NodeError::Integrity(e))),
+        None => Ok(()),
+    }
 }

@@ -11,7 +11,8 @@
 //!   bytes.
 //! - [`state`]: [`state::LedgerStore`], the ledger state machine's data (entries, Merkle
 //!   nodes, subject states, indexes), one atomic batch per applied group of entries, with the
-//!   startup integrity check.
+//!   integrity checks (`state::integrity`: the entries since the last integrity checkpoint at
+//!   start-up, the settled history below it in the background).
 //! - [`map_file`]: [`map_file::MapFile`], the completeness map's node versions in an
 //!   append-only file beside sled, derived from the entries and rebuilt from them when needed.
 //! - [`error`]: [`StoreError`], the one error type.

@@ -46,6 +46,10 @@ use wasteledger_core::tracking::Tracking;
 use crate::error::StoreError;
 use crate::map_file::MapFile;
 
+mod integrity;
+
+pub use integrity::{HistoryCheck, HistoryChecked, IntegrityError};
+
 const ENTRY: u8 = b'E';
 const NODE: u8 = b'N';
 const MANIFEST: u8 = b'M';
@@ -116,54 +120,6 @@ impl NodeStore for SledNodes {
 
     fn put(&mut self, level: u8, index: u64, hash: Digest) {
         overlay_put(&self.overlay, node_key(level, index), hash.0.to_vec());
-    }
-}
-
-/// Why the startup integrity check failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IntegrityError {
-    /// A stored entry does not match the leaf hash recorded when it was applied.
-    #[error("ledger entry {index} is damaged: its bytes no longer hash to the recorded leaf")]
-    LeafMismatch {
-        /// First bad index.
-        index: u64,
-    },
-    /// An entry is missing or unreadable.
-    #[error("ledger entry {index} is missing or unreadable")]
-    MissingEntry {
-        /// First bad index.
-        index: u64,
-    },
-    /// Entry bytes do not parse or name another index.
-    #[error("ledger entry {index} is malformed")]
-    Malformed {
-        /// First bad index.
-        index: u64,
-    },
-    /// The chain link over entries is broken.
-    #[error("the chain link before entry {index} does not match")]
-    ChainMismatch {
-        /// First bad index.
-        index: u64,
-    },
-    /// The recomputed root differs from the stored checkpoint.
-    #[error("recomputed root at size {size} differs from the stored checkpoint")]
-    RootMismatch {
-        /// Checkpoint size.
-        size: u64,
-    },
-}
-
-impl IntegrityError {
-    /// The first ledger index found damaged, if the failure names one.
-    pub fn first_bad_index(&self) -> Option<u64> {
-        match self {
-            IntegrityError::LeafMismatch { index }
-            | IntegrityError::MissingEntry { index }
-            | IntegrityError::Malformed { index }
-            | IntegrityError::ChainMismatch { index } => Some(*index),
-            IntegrityError::RootMismatch { .. } => None,
-        }
     }
 }
 
@@ -1056,8 +1012,7 @@ impl LedgerStore {
         let newer = self.published_size()?.is_none_or(|p| size > p);
         if published && newer {
             writes.push((key(STATE, PUBLISHED), Some(size.to_be_bytes().to_vec())));
-            let mut integrity = size.to_be_bytes().to_vec();
-            integrity.extend_from_slice(note.checkpoint.root.as_bytes());
+            let integrity = self.integrity_record(size, &note.checkpoint.root)?;
             writes.push((key(STATE, INTEGRITY), Some(integrity)));
         }
         for (k, v) in meta {
@@ -1093,13 +1048,6 @@ impl LedgerStore {
         }))
     }
 
-    /// Records the checkpoint the startup integrity check compares against.
-    pub fn record_integrity_checkpoint(&self, size: u64, root: &Digest) -> Result<(), StoreError> {
-        let mut v = size.to_be_bytes().to_vec();
-        v.extend_from_slice(root.as_bytes());
-        self.write([(key(STATE, INTEGRITY), Some(v))])
-    }
-
     /// A handle to the map file, to save its index without holding the store
     /// ([`MapFile::save_index`]).
     pub fn map_file(&self) -> MapFile {
@@ -1111,76 +1059,6 @@ impl LedgerStore {
     pub fn save_map_index(&self) -> Result<(), StoreError> {
         self.commit()?;
         self.map.store().save_index()
-    }
-
-    /// Recomputes every leaf from the stored entry bytes, the chain over entries, and the root
-    /// at the recorded checkpoint, and names the first damaged index. Runs at start-up: a node
-    /// that fails it must not serve.
-    pub fn verify_integrity(&self) -> Result<(), IntegrityError> {
-        // Checks what is on disk; staged writes are committed first.
-        if self.commit().is_err() {
-            return Err(IntegrityError::MissingEntry {
-                index: self.merkle.size(),
-            });
-        }
-        let size = self.merkle.size();
-        let checkpoint = match self.tree.get(key(STATE, INTEGRITY)) {
-            Ok(Some(v)) if v.len() == 40 => {
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(&v[..8]);
-                Some((u64::from_be_bytes(raw), Digest::from_slice(&v[8..])))
-            }
-            _ => None,
-        };
-        let checkpoint_size = checkpoint.map_or(0, |(s, _)| s.min(size));
-        // One pass over the entries and, beside them, the stored leaf hashes (both in index
-        // order): range scans, not a point read per index, because this runs at every start.
-        let mut entries = self
-            .tree
-            .range(key(ENTRY, &0u64.to_be_bytes())..key(ENTRY, &size.to_be_bytes()));
-        let mut stored_leaves = self.tree.range(node_key(0, 0)..node_key(0, size));
-        let mut leaves = Vec::with_capacity(usize::try_from(checkpoint_size).unwrap_or(0));
-        let mut chain = self.genesis.ledger_id;
-        for index in 0..size {
-            let bytes = match entries.next() {
-                Some(Ok((k, v))) if k.get(1..) == Some(&index.to_be_bytes()[..]) => v,
-                _ => return Err(IntegrityError::MissingEntry { index }),
-            };
-            let entry =
-                LedgerEntry::decode(&bytes).map_err(|_| IntegrityError::Malformed { index })?;
-            if entry.index != index {
-                return Err(IntegrityError::Malformed { index });
-            }
-            let leaf = leaf_hash(&bytes);
-            let stored = match stored_leaves.next() {
-                Some(Ok((k, v))) if k.get(2..) == Some(&index.to_be_bytes()[..]) => {
-                    Digest::from_slice(&v)
-                }
-                _ => None,
-            };
-            if stored != Some(leaf) {
-                return Err(IntegrityError::LeafMismatch { index });
-            }
-            if entry.chain_prev != chain {
-                return Err(IntegrityError::ChainMismatch { index });
-            }
-            chain = chain_link(&chain, &leaf);
-            if index < checkpoint_size {
-                leaves.push(leaf);
-            }
-        }
-        if chain != self.chain_head {
-            return Err(IntegrityError::ChainMismatch { index: size });
-        }
-        if let Some((recorded_size, root)) = checkpoint {
-            let recomputed = wasteledger_core::merkle::root_of_leaves::<Blake3Hasher>(&leaves);
-            if recorded_size > size || Some(recomputed) != root {
-                return Err(IntegrityError::RootMismatch {
-                    size: recorded_size,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Starts copying the records of a snapshot that later entries can change (subject

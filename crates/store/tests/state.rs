@@ -10,7 +10,7 @@ use wasteledger_core::pb::{self, event_body::Kind};
 use wasteledger_core::proof::{build_custody_proof, verify_custody_proof};
 use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
 use wasteledger_store::DurableDb;
-use wasteledger_store::state::{IntegrityError, LedgerStore};
+use wasteledger_store::state::{HistoryChecked, IntegrityError, LedgerStore};
 
 /// Signed events of a full multimodal lifecycle plus a rejected duplicate, with ledger times.
 fn events(net: &SampleNetwork) -> Vec<(pb::SignedEvent, i64)> {
@@ -368,4 +368,177 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     assert_matches_reference(&imported, &reference, &net);
     imported.verify_integrity().unwrap();
     assert_eq!(imported.chain_head(), reference.chain_head());
+}
+
+/// A reopened store of [`events`] whose integrity checkpoint is at size 8 (recorded in the
+/// current format, with the chain link), and its raw tree for damaging it.
+fn store_with_checkpoint_at_8(dir: &std::path::Path) -> (DurableDb, sled::Tree, LedgerStore) {
+    let net = SampleNetwork::new().unwrap();
+    let map_path = dir.join("ledger.map");
+    {
+        let db = DurableDb::open(dir.join("db")).unwrap();
+        let mut store = LedgerStore::open(
+            db.raw_tree("ledger").unwrap(),
+            &map_path,
+            net.genesis.clone(),
+        )
+        .unwrap();
+        for (event, time) in events(&net) {
+            store.apply(&event, time, &[]).unwrap().ok();
+        }
+        store.commit().unwrap();
+        assert!(store.size() > 10, "the checkpoint leaves entries after it");
+        let root_at_8 = store.roots_at(8).unwrap().0;
+        store.record_integrity_checkpoint(8, &root_at_8).unwrap();
+        store.commit().unwrap();
+        db.sync().unwrap();
+    }
+    let db = DurableDb::open(dir.join("db")).unwrap();
+    let tree = db.raw_tree("ledger").unwrap();
+    let store = LedgerStore::open(tree.clone(), &map_path, net.genesis.clone()).unwrap();
+    (db, tree, store)
+}
+
+fn flip_entry_byte(tree: &sled::Tree, index: u64) {
+    let k = [b"E".as_slice(), &index.to_be_bytes()].concat();
+    let mut bytes = tree.get(&k).unwrap().unwrap().to_vec();
+    bytes[60] ^= 0x01;
+    tree.insert(&k, bytes).unwrap();
+}
+
+#[test]
+fn start_up_checks_entries_after_the_checkpoint_and_leaves_history_to_a_later_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, _tree, store) = store_with_checkpoint_at_8(dir.path());
+    let history = store
+        .verify_recent()
+        .unwrap()
+        .expect("history below the checkpoint is left to check");
+    assert_eq!(history.entries(), 8);
+    assert_eq!(history.run(&mut || false), Ok(HistoryChecked::Complete));
+    // The full check agrees, and a check asked to stop at once stops without a verdict.
+    store.verify_integrity().unwrap();
+    assert_eq!(history.run(&mut || true), Ok(HistoryChecked::Stopped));
+}
+
+#[test]
+fn damage_below_the_checkpoint_is_found_by_the_history_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    flip_entry_byte(&tree, 3);
+    // Start-up does not read settled history: it passes, and hands the check on.
+    let history = store.verify_recent().unwrap().unwrap();
+    assert_eq!(
+        history.run(&mut || false),
+        Err(IntegrityError::LeafMismatch { index: 3 })
+    );
+    assert_eq!(
+        store.verify_integrity(),
+        Err(IntegrityError::LeafMismatch { index: 3 })
+    );
+}
+
+#[test]
+fn damage_after_the_checkpoint_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    flip_entry_byte(&tree, 9);
+    assert_eq!(
+        store.verify_recent().unwrap_err(),
+        IntegrityError::LeafMismatch { index: 9 }
+    );
+    // A missing entry after the checkpoint, too.
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    tree.remove([b"E".as_slice(), &10u64.to_be_bytes()].concat())
+        .unwrap();
+    assert_eq!(
+        store.verify_recent().unwrap_err(),
+        IntegrityError::MissingEntry { index: 10 }
+    );
+}
+
+#[test]
+fn a_damaged_merkle_node_or_checkpoint_record_stops_start_up() {
+    // Size 8 is one perfect subtree: its root is the stored node (level 3, index 0).
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    let node = [b"N".as_slice(), &[3u8], &0u64.to_be_bytes()].concat();
+    let mut hash = tree.get(&node).unwrap().unwrap().to_vec();
+    hash[0] ^= 0x01;
+    tree.insert(&node, hash).unwrap();
+    assert_eq!(
+        store.verify_recent().unwrap_err(),
+        IntegrityError::RootMismatch { size: 8 }
+    );
+
+    // The recorded chain link no longer leads to the chain head.
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    let record = b"Sintegrity_checkpoint".to_vec();
+    let mut value = tree.get(&record).unwrap().unwrap().to_vec();
+    assert_eq!(value.len(), 72, "size, root and chain link");
+    value[71] ^= 0x01;
+    tree.insert(&record, value).unwrap();
+    assert_eq!(
+        store.verify_recent().unwrap_err(),
+        IntegrityError::ChainMismatch { index: 8 }
+    );
+}
+
+#[test]
+fn a_checkpoint_recorded_without_its_chain_link_means_a_full_check_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    // The record as older versions wrote it: size and root only.
+    let record = b"Sintegrity_checkpoint".to_vec();
+    let value = tree.get(&record).unwrap().unwrap().to_vec();
+    tree.insert(&record, &value[..40]).unwrap();
+    assert!(
+        store.verify_recent().unwrap().is_none(),
+        "nothing left to check"
+    );
+    flip_entry_byte(&tree, 3);
+    assert_eq!(
+        store.verify_recent().unwrap_err(),
+        IntegrityError::LeafMismatch { index: 3 }
+    );
+}
+
+#[test]
+fn every_damaged_entry_is_found_by_start_up_or_by_the_history_check_whatever_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
+    let size = store.size();
+    for checkpoint in 0..=size {
+        let root = store.roots_at(checkpoint).unwrap().0;
+        store
+            .record_integrity_checkpoint(checkpoint, &root)
+            .unwrap();
+        store.commit().unwrap();
+        let history = store.verify_recent().unwrap();
+        assert_eq!(history.as_ref().map_or(0, |h| h.entries()), checkpoint);
+        if let Some(h) = &history {
+            assert_eq!(h.run(&mut || false), Ok(HistoryChecked::Complete));
+        }
+        for damaged in 0..size {
+            flip_entry_byte(&tree, damaged);
+            let found = IntegrityError::LeafMismatch { index: damaged };
+            match store.verify_recent() {
+                Err(e) => {
+                    assert!(damaged >= checkpoint, "start-up read entry {damaged}");
+                    assert_eq!(e, found);
+                }
+                Ok(history) => {
+                    assert!(damaged < checkpoint, "start-up missed entry {damaged}");
+                    let history = history.expect("history left to check");
+                    assert_eq!(history.run(&mut || false), Err(found.clone()));
+                }
+            }
+            assert_eq!(store.verify_integrity(), Err(found));
+            flip_entry_byte(&tree, damaged);
+        }
+    }
+    // The checks only read: the undamaged store still passes.
+    store.verify_integrity().unwrap();
 }
