@@ -245,9 +245,16 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
         let cpu_before: Vec<f64> = (1..=3)
             .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
             .collect();
+        let lags = Arc::new(Mutex::new(Vec::new()));
+        let sampler = tokio::spawn(sample_checkpoint_lag(target.api.clone(), lags.clone()));
         let (started, samples, retries) = drive(&target, clients, work, opts.duration).await?;
+        sampler.abort();
         let mut report = summarise("wasteledger", clients, started, samples, opts.window);
         report.retries = retries;
+        report.checkpoint_lag = lags.lock().ok().and_then(|mut l| {
+            l.sort_unstable();
+            Some([*l.get(l.len() / 2)?, *l.last()?])
+        });
         report.cpu_seconds = (1..=3)
             .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
             .zip(cpu_before)
@@ -299,6 +306,24 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
         extras.restart_seconds = Some(t.elapsed().as_secs_f64());
     }
     Ok((reports, extras))
+}
+
+/// Every second, how many entries the published checkpoint trails the head of the node at
+/// `api`, into `lags`, until aborted. Samples the node cannot answer are skipped.
+async fn sample_checkpoint_lag(api: String, lags: Arc<Mutex<Vec<u64>>>) {
+    let Ok(mut client) = LedgerServiceClient::connect(format!("http://{api}")).await else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let head = client.get_ledger_head(pb::GetLedgerHeadRequest {}).await;
+        let published = client.get_checkpoint(pb::GetCheckpointRequest {}).await;
+        if let (Ok(head), Ok(published)) = (head, published)
+            && let Ok(mut lags) = lags.lock()
+        {
+            lags.push(head.get_ref().size.saturating_sub(published.get_ref().size));
+        }
+    }
 }
 
 async fn wait_leader(cluster: &Cluster) -> anyhow::Result<u64> {

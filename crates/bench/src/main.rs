@@ -100,6 +100,11 @@ fn print_table(reports: &[stats::RunReport]) {
             if r.retries > 0 {
                 println!("  retried during leader elections: {}", r.retries);
             }
+            if let Some([median, max]) = r.checkpoint_lag {
+                println!(
+                    "  published checkpoint behind the head: median {median}, max {max} entries"
+                );
+            }
             if !r.windows.is_empty() {
                 let w: Vec<String> = r.windows.iter().map(|w| format!("{w:.0}")).collect();
                 println!("  ops/s per window: {}", w.join(", "));

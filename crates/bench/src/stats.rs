@@ -42,6 +42,9 @@ pub(crate) struct RunReport {
     pub(crate) bytes_per_op: Vec<f64>,
     /// Submissions retried because the cluster had no leader for a moment.
     pub(crate) retries: u64,
+    /// Entries by which the published (cosigned) checkpoint trailed the leader's head, sampled
+    /// about once a second during the run: median and largest (WasteLedger only).
+    pub(crate) checkpoint_lag: Option<[u64; 2]>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -98,6 +101,7 @@ pub(crate) fn summarise(
         cpu_seconds: Vec::new(),
         bytes_per_op: Vec::new(),
         retries: 0,
+        checkpoint_lag: None,
     }
 }
 
