@@ -1034,6 +1034,20 @@ impl LedgerStore {
         }
     }
 
+    /// The largest ledger size any witness has cosigned (published or not): the checkpoint
+    /// another witness can second, so that witnesses signing at different moments under load
+    /// still meet on common sizes.
+    pub fn newest_cosigned_size(&self) -> Result<Option<u64>, StoreError> {
+        match self.tree.scan_prefix([COSIG]).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, _) = item?;
+                let size = k.get(1..9).ok_or(StoreError::Corrupt("cosignature key"))?;
+                Ok(Some(read_u64(size, "cosignature size")?))
+            }
+        }
+    }
+
     /// The latest checkpoint whose cosignatures meet the genesis trust policy.
     pub fn published_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
         let Some(size) = self.published_size()? else {

@@ -542,3 +542,50 @@ fn every_damaged_entry_is_found_by_start_up_or_by_the_history_check_whatever_the
     // The checks only read: the undamaged store still passes.
     store.verify_integrity().unwrap();
 }
+
+#[test]
+fn the_newest_cosigned_size_is_what_other_witnesses_can_second() {
+    use wasteledger_core::checkpoint::cosign;
+    use wasteledger_store::state::CosignOutcome;
+
+    let net = SampleNetwork::new().unwrap();
+    let (_dir, db) = temp_db();
+    let map = tempfile::tempdir().unwrap();
+    let mut store = LedgerStore::open(
+        db.raw_tree("ledger").unwrap(),
+        &map.path().join("ledger.map"),
+        net.genesis.clone(),
+    )
+    .unwrap();
+    for (event, time) in events(&net) {
+        store.apply(&event, time, &[]).unwrap().ok();
+    }
+    store.commit().unwrap();
+    let sign = |store: &LedgerStore, witness: usize, size: u64| {
+        let (name, key) = &net.witnesses[witness];
+        let checkpoint = store.checkpoint_at(size).unwrap();
+        let signature = cosign(key, name, &net.genesis.ledger_id, &checkpoint);
+        store.record_cosignature(size, &signature, &[]).unwrap()
+    };
+    assert_eq!(store.newest_cosigned_size().unwrap(), None);
+    assert!(matches!(
+        sign(&store, 0, 5),
+        CosignOutcome::Recorded {
+            published: false,
+            ..
+        }
+    ));
+    assert_eq!(store.newest_cosigned_size().unwrap(), Some(5));
+    sign(&store, 1, 8);
+    assert_eq!(store.newest_cosigned_size().unwrap(), Some(8));
+    // Seconding size 5 publishes it (2 of 3); the newest cosigned size stays 8.
+    assert!(matches!(
+        sign(&store, 2, 5),
+        CosignOutcome::Recorded {
+            published: true,
+            ..
+        }
+    ));
+    assert_eq!(store.published_size().unwrap(), Some(5));
+    assert_eq!(store.newest_cosigned_size().unwrap(), Some(8));
+}
