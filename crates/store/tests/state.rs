@@ -179,11 +179,7 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
     assert_eq!((store.roots(), store.size()), (root, size));
     store.verify_integrity().unwrap();
 
-    // Flip one byte inside the body of entry 8.
-    let k = [b"E".as_slice(), &8u64.to_be_bytes()].concat();
-    let mut bytes = tree.get(&k).unwrap().unwrap().to_vec();
-    bytes[60] ^= 0x01;
-    tree.insert(&k, bytes).unwrap();
+    flip_entry_byte(&tree, 8);
     let store = LedgerStore::open(tree, &map_path, net.genesis.clone()).unwrap();
     let err = store.verify_integrity().unwrap_err();
     assert_eq!(err, IntegrityError::LeafMismatch { index: 8 });
@@ -399,11 +395,16 @@ fn store_with_checkpoint_at_8(dir: &std::path::Path) -> (DurableDb, sled::Tree, 
     (db, tree, store)
 }
 
+/// Flips the low bit of byte `at` of the value stored under `key`.
+fn flip_stored_bit(tree: &sled::Tree, key: &[u8], at: usize) {
+    let mut bytes = tree.get(key).unwrap().unwrap().to_vec();
+    bytes[at] ^= 0x01;
+    tree.insert(key, bytes).unwrap();
+}
+
+/// Damages the body of entry `index` (an involution: calling it twice undoes it).
 fn flip_entry_byte(tree: &sled::Tree, index: u64) {
-    let k = [b"E".as_slice(), &index.to_be_bytes()].concat();
-    let mut bytes = tree.get(&k).unwrap().unwrap().to_vec();
-    bytes[60] ^= 0x01;
-    tree.insert(&k, bytes).unwrap();
+    flip_stored_bit(tree, &[b"E".as_slice(), &index.to_be_bytes()].concat(), 60);
 }
 
 #[test]
@@ -463,10 +464,11 @@ fn a_damaged_merkle_node_or_checkpoint_record_stops_start_up() {
     // Size 8 is one perfect subtree: its root is the stored node (level 3, index 0).
     let dir = tempfile::tempdir().unwrap();
     let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
-    let node = [b"N".as_slice(), &[3u8], &0u64.to_be_bytes()].concat();
-    let mut hash = tree.get(&node).unwrap().unwrap().to_vec();
-    hash[0] ^= 0x01;
-    tree.insert(&node, hash).unwrap();
+    flip_stored_bit(
+        &tree,
+        &[b"N".as_slice(), &[3u8], &0u64.to_be_bytes()].concat(),
+        0,
+    );
     assert_eq!(
         store.verify_recent().unwrap_err(),
         IntegrityError::RootMismatch { size: 8 }
@@ -475,11 +477,10 @@ fn a_damaged_merkle_node_or_checkpoint_record_stops_start_up() {
     // The recorded chain link no longer leads to the chain head.
     let dir = tempfile::tempdir().unwrap();
     let (_db, tree, store) = store_with_checkpoint_at_8(dir.path());
-    let record = b"Sintegrity_checkpoint".to_vec();
-    let mut value = tree.get(&record).unwrap().unwrap().to_vec();
+    let record = b"Sintegrity_checkpoint";
+    let value = tree.get(record).unwrap().unwrap();
     assert_eq!(value.len(), 72, "size, root and chain link");
-    value[71] ^= 0x01;
-    tree.insert(&record, value).unwrap();
+    flip_stored_bit(&tree, record, 71);
     assert_eq!(
         store.verify_recent().unwrap_err(),
         IntegrityError::ChainMismatch { index: 8 }
