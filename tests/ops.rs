@@ -234,6 +234,12 @@ async fn health_reflection_metrics_and_admin_on_a_three_node_cluster() {
             && sample_value(t, "wasteledger_checkpoint_age_seconds", "").is_some()
     })
     .await;
+    // A new node has no stored history left to re-check.
+    assert_eq!(
+        sample_value(&text, "wasteledger_history_unchecked_entries", ""),
+        Some(0.0),
+        "{text}"
+    );
 
     // Request ids: an incoming one is echoed, otherwise one is made up.
     let mut client = cluster.client(3).await.expect("client");

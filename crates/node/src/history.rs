@@ -47,7 +47,9 @@ impl HistoryTask {
     /// everything) it has passed already.
     pub fn start(state_machine: LedgerStateMachine, pending: Option<PendingHistoryCheck>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let unchecked = metrics::gauge!("wasteledger_history_unchecked_entries");
         let Some(pending) = pending else {
+            unchecked.set(0.0);
             let (_, state) = watch::channel(HistoryState::Passed);
             return HistoryTask {
                 state,
@@ -56,6 +58,7 @@ impl HistoryTask {
             };
         };
         let entries = pending.entries();
+        unchecked.set(entries as f64);
         let (publish, state) = watch::channel(HistoryState::Running { entries });
         let task = tokio::task::spawn_blocking({
             let stop = stop.clone();
@@ -68,6 +71,7 @@ impl HistoryTask {
                             ms = started.elapsed().as_millis() as u64,
                             "settled history checked: every stored entry matches"
                         );
+                        unchecked.set(0.0);
                         HistoryState::Passed
                     }
                     Some(Err(e)) => {

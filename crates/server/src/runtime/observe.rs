@@ -142,6 +142,10 @@ fn describe() {
         "wasteledger_checkpoint_entries_behind",
         "Ledger entries not yet covered by the published checkpoint"
     );
+    describe_gauge!(
+        "wasteledger_history_unchecked_entries",
+        "Stored entries below the integrity checkpoint not yet re-read since this node started (0 once the background check passes)"
+    );
 }
 
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until `stop` turns true.
