@@ -21,13 +21,12 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::alias::SnapshotMetaOf;
 use tokio::sync::mpsc;
 use wasteledger_store::state::SettledHistory;
 
+use crate::state_machine::StoreMark;
 use crate::types::{SnapshotFile, TypeConfig, decode, encode};
 
 const MAGIC_V1: &[u8; 8] = b"WLSNAP01";
@@ -68,18 +67,15 @@ pub struct SettledPart {
     pub history: SettledHistory,
     /// The ledger size the snapshot was taken at.
     pub below: u64,
-    /// The state machine's install counter: odd while an install replaces the store, bumped
-    /// again when it is done.
-    pub installs: Arc<AtomicU64>,
-    /// Its value when the snapshot was built; any other value means the store was replaced.
-    pub expected: u64,
+    /// The store when the snapshot was built: its history is valid only while it is current.
+    pub store: StoreMark,
 }
 
 impl std::fmt::Debug for SettledPart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SettledPart")
             .field("below", &self.below)
-            .field("expected", &self.expected)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +83,7 @@ impl std::fmt::Debug for SettledPart {
 impl SettledPart {
     /// An error unless the store is still the one the snapshot was built from.
     fn check_store(&self) -> io::Result<()> {
-        if self.installs.load(Ordering::Acquire) == self.expected {
+        if self.store.current() {
             Ok(())
         } else {
             Err(io::Error::other(
@@ -444,6 +440,9 @@ fn write_wire(snapshot: &SnapshotFile, sink: &mut ChunkSink) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     fn header(omitted_below: u64) -> SnapshotHeader {
@@ -567,8 +566,7 @@ mod tests {
             settled: Some(SettledPart {
                 history: store.settled_history(),
                 below: size,
-                installs: installs.clone(),
-                expected: 2,
+                store: StoreMark::new(installs.clone()),
             }),
         };
         let sent = collect(wire_chunks(snapshot.clone(), 100)).await.unwrap();

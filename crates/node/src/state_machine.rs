@@ -340,7 +340,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (header, mut writer, copy, installs, map_file) = {
+            let (header, mut writer, copy, mark, map_file) = {
                 let inner = this.lock()?;
                 let size = inner.store.merkle_size();
                 let header = SnapshotHeader {
@@ -357,9 +357,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     .map_err(io_err)?;
                 let copy = inner.store.begin_changing_copy().map_err(io_err)?;
                 let writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
-                // Read under the lock, which an install holds throughout: never odd here.
-                let installs = this.installs.load(Ordering::Acquire);
-                (header, writer, copy, installs, inner.store.map_file())
+                (header, writer, copy, this.mark(), inner.store.map_file())
             };
             let locked = started.elapsed();
             let changing = writer.records(copy.records())?;
@@ -369,7 +367,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             // below (which must not race an install rebuilding the file) holds it briefly.
             map_file.sync().map_err(io_err)?;
             let mut inner = this.lock()?;
-            if this.installs.load(Ordering::Acquire) != installs {
+            if !mark.current() {
                 let _ = fs::remove_file(&path);
                 return Err(io_err(
                     "a snapshot was installed while this one was written; it is discarded",
@@ -407,10 +405,37 @@ impl LedgerStateMachine {
         let settled = (header.omitted_below > 0).then(|| SettledPart {
             history: inner.store.settled_history(),
             below: header.omitted_below,
-            installs: self.installs.clone(),
-            expected: self.installs.load(Ordering::Acquire),
+            store: self.mark(),
         });
         SnapshotFile { path, settled }
+    }
+
+    /// Marks the store as it is now, for work done without the lock. Call it under the lock,
+    /// which an install holds throughout, so the mark never falls inside an install.
+    fn mark(&self) -> StoreMark {
+        StoreMark::new(self.installs.clone())
+    }
+}
+
+/// The store as of one moment, for work that reads it without the state lock (sending a
+/// snapshot's history, the history check, a snapshot build): that work stays valid until a
+/// snapshot install replaces the store, which the state machine counts.
+#[derive(Clone, Debug)]
+pub struct StoreMark {
+    installs: Arc<AtomicU64>,
+    at: u64,
+}
+
+impl StoreMark {
+    /// Marks the install counter `installs` as it is now (never while it is odd).
+    pub fn new(installs: Arc<AtomicU64>) -> StoreMark {
+        let at = installs.load(Ordering::Acquire);
+        StoreMark { installs, at }
+    }
+
+    /// True while no install has begun since the mark.
+    pub fn current(&self) -> bool {
+        self.installs.load(Ordering::Acquire) == self.at
     }
 }
 
@@ -419,8 +444,7 @@ impl LedgerStateMachine {
 #[derive(Debug)]
 pub struct PendingHistoryCheck {
     check: HistoryCheck,
-    /// [`LedgerStateMachine::installs`] when it was taken.
-    installs: u64,
+    store: StoreMark,
 }
 
 impl PendingHistoryCheck {
@@ -436,12 +460,11 @@ impl LedgerStateMachine {
     /// [`LedgerStateMachine::check_history`] once the node serves.
     pub fn verify_recent(&self) -> io::Result<Result<Option<PendingHistoryCheck>, IntegrityError>> {
         let inner = self.lock()?;
-        // Read under the lock, which an install holds throughout: never odd here.
-        let installs = self.installs.load(Ordering::Acquire);
+        let store = self.mark();
         Ok(inner
             .store
             .verify_recent()
-            .map(|check| check.map(|check| PendingHistoryCheck { check, installs })))
+            .map(|check| check.map(|check| PendingHistoryCheck { check, store })))
     }
 
     /// Runs `pending` to the end without the state lock. Returns `None`, and no verdict, if
@@ -452,7 +475,7 @@ impl LedgerStateMachine {
         pending: &PendingHistoryCheck,
         stop: &AtomicBool,
     ) -> Option<Result<(), IntegrityError>> {
-        let replaced = || self.installs.load(Ordering::Acquire) != pending.installs;
+        let replaced = || !pending.store.current();
         let verdict = pending
             .check
             .run(&mut || stop.load(Ordering::Relaxed) || replaced());
