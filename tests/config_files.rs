@@ -64,9 +64,12 @@ fn demo_config_is_consistent() {
             config.metrics_listen.as_deref(),
             Some(format!("127.0.0.1:740{n}").as_str())
         );
-        let key =
-            parse_secret_key_file(&std::fs::read_to_string(&config.witness_key).expect("key file"))
-                .expect("key parses");
+        let key_file = config
+            .witness_key
+            .as_ref()
+            .expect("every demo node is a witness");
+        let key = parse_secret_key_file(&std::fs::read_to_string(key_file).expect("key file"))
+            .expect("key parses");
         let witness = genesis
             .witnesses
             .witnesses()

@@ -1,7 +1,8 @@
 //! Operability of real `wasteledger node` processes on 127.0.0.1: gRPC health following the
 //! quorum, server reflection, the Prometheus endpoint counting what the test submitted, request
 //! ids, the admin ClusterService on the admin listener and (signed by a genesis authority) on
-//! the public one, and a node added as a learner and promoted to voter.
+//! the public one, a node added as a learner and promoted to voter, and a replica (a node
+//! without a witness key) that joins as a learner and serves verifiable proofs.
 //!
 //! Registered as an integration test of the `wasteledger` package so that Cargo builds the
 //! binary and passes its path (`CARGO_BIN_EXE_wasteledger`).
@@ -18,7 +19,8 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use wasteledger_core::pb;
+use wasteledger_core::pb::{self, event_body::Kind};
+use wasteledger_core::sample::{ManifestFlow, T0, ids};
 use wasteledger_server::runtime::admin::sign_admin_request;
 use wasteledger_tests::cluster::{Cluster, sample_value};
 
@@ -652,4 +654,122 @@ async fn an_uninitialised_cluster_is_initialised_through_the_admin_api() {
         .submit(3, &cluster.net.registrations()[0], LONG)
         .await
         .expect("the new cluster accepts writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_a_witness_key_catches_up_and_serves_verifiable_proofs() {
+    let mut cluster = Cluster::start(Path::new(BIN), 3);
+    let leader = leader(&cluster, 1).await;
+    let mut events = cluster.net.registrations();
+    let numbers: Vec<String> = (1..=60).map(|n| format!("20261502{n:06}")).collect();
+    for number in &numbers {
+        let flow = ManifestFlow::new(&cluster.net, number, T0).unwrap();
+        events.push(flow.event(
+            Kind::ManifestCreated(pb::ManifestCreated {
+                manifest: Some(cluster.net.manifest(number, &[ids::ROAD])),
+            }),
+            &[ids::GENERATOR],
+        ));
+    }
+    for event in &events {
+        cluster
+            .submit(leader, event, LONG)
+            .await
+            .expect("event accepted");
+    }
+    let before = cluster
+        .converged(&[1, 2, 3], events.len() as u64, LONG)
+        .await
+        .expect("the three witnesses agree");
+
+    // Node 4 is not in the genesis and has no witness key. More entries than the test
+    // snapshot interval (50) were written, so it catches up by snapshot.
+    let replica = cluster.add_replica();
+    assert_eq!(replica, 4);
+    let deadline = Instant::now() + LONG;
+    while cluster.status(replica).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never answered:\n{}",
+            cluster.logs(replica)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.logs(replica).contains("none: a replica"),
+        "{}",
+        cluster.logs(replica)
+    );
+    let mut admin = cluster.admin_client(leader).await.expect("client");
+    let status = admin
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(cluster.specs[&replica].member()),
+            auth: None,
+        })
+        .await
+        .expect("replica added")
+        .into_inner();
+    assert_eq!(
+        status
+            .learners
+            .iter()
+            .map(|m| m.node_id)
+            .collect::<Vec<_>>(),
+        vec![replica]
+    );
+    let head = cluster
+        .converged(&[1, 2, 3, replica], before.size, LONG)
+        .await
+        .expect("the replica holds the same ledger");
+    assert_eq!((head.size, &head.root), (before.size, &before.root));
+    assert!(
+        cluster.logs(replica).contains("snapshot installed"),
+        "the replica was to catch up by snapshot:\n{}",
+        cluster.logs(replica)
+    );
+
+    // A custody proof from the replica verifies offline against a checkpoint the three
+    // witnesses cosigned: the replica signs nothing, it only stores and serves.
+    let mut client = cluster.client(replica).await.expect("client");
+    let request = pb::GetCustodyProofRequest {
+        tracking_number: Some(pb::TrackingNumber {
+            scheme: pb::TrackingScheme::Cn as i32,
+            number: numbers[0].clone(),
+        }),
+        consistency: 0,
+    };
+    let deadline = Instant::now() + LONG;
+    let bundle = loop {
+        match client.get_custody_proof(request.clone()).await {
+            Ok(bundle) => break bundle.into_inner(),
+            // Not covered by a published checkpoint yet (witnesses cosign about once a second).
+            Err(s) => assert!(
+                Instant::now() < deadline,
+                "no proof from the replica: {s:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let verified = wasteledger_core::proof::verify_custody_proof(&bundle, &cluster.net.genesis)
+        .expect("the replica's proof verifies");
+    assert_eq!(verified.timeline.len(), 1);
+    assert!(verified.cosigners.signers.len() >= 2, "{:?}", verified.cosigners);
+
+    // Later writes reach it too.
+    let number = "20261502000999";
+    let flow = ManifestFlow::new(&cluster.net, number, T0).unwrap();
+    let later = flow.event(
+        Kind::ManifestCreated(pb::ManifestCreated {
+            manifest: Some(cluster.net.manifest(number, &[ids::ROAD])),
+        }),
+        &[ids::GENERATOR],
+    );
+    cluster
+        .submit(leader, &later, LONG)
+        .await
+        .expect("event accepted");
+    cluster
+        .converged(&[1, 2, 3, replica], before.size + 1, LONG)
+        .await
+        .expect("the replica follows later writes");
 }

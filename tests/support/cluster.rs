@@ -75,7 +75,62 @@ pub struct Cluster {
     pub specs: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Child>,
     binary: PathBuf,
+    raft_section: String,
     dir: tempfile::TempDir,
+}
+
+impl NodeSpec {
+    /// Fresh ports and file names for node `id` in `dir`.
+    fn new(id: u64, dir: &Path) -> NodeSpec {
+        NodeSpec {
+            id,
+            raft: format!("127.0.0.1:{}", free_port()),
+            api: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            config: dir.join(format!("node{id}.toml")),
+            data_dir: dir.join(format!("data{id}")),
+        }
+    }
+
+    /// Writes this node's configuration file: a witness with `witness_key`, or a replica
+    /// without one; initialising a cluster with `peers` when `bootstrap`.
+    fn write_config(
+        &self,
+        witness_key: Option<&Path>,
+        bootstrap: bool,
+        peers: &[&NodeSpec],
+        raft_section: &str,
+    ) {
+        let mut text = format!(
+            "id = {}\ndata_dir = {:?}\ngenesis = \"genesis.pb\"\nbootstrap = {}\n",
+            self.id, self.data_dir, bootstrap
+        );
+        if let Some(key) = witness_key {
+            text.push_str(&format!("witness_key = {key:?}\n"));
+        }
+        text.push_str(&format!(
+            "\n[listen]\nraft = {:?}\napi = {:?}\nadmin = {:?}\nmetrics = {:?}\n\n",
+            self.raft, self.api, self.admin, self.metrics
+        ));
+        for peer in peers {
+            text.push_str(&format!(
+                "[[peers]]\nid = {}\nraft = {:?}\napi = {:?}\n\n",
+                peer.id, peer.raft, peer.api
+            ));
+        }
+        text.push_str(raft_section);
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    /// This node as a cluster member, for AddLearner.
+    pub fn member(&self) -> pb::ClusterMember {
+        pb::ClusterMember {
+            node_id: self.id,
+            raft_addr: self.raft.clone(),
+            api_addr: self.api.clone(),
+        }
+    }
 }
 
 impl Cluster {
@@ -105,53 +160,27 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("genesis.pb"), &net.genesis_bytes).expect("genesis");
         let specs: BTreeMap<u64, NodeSpec> = (1..=n)
-            .map(|id| {
-                let spec = NodeSpec {
-                    id,
-                    raft: format!("127.0.0.1:{}", free_port()),
-                    api: format!("127.0.0.1:{}", free_port()),
-                    admin: format!("127.0.0.1:{}", free_port()),
-                    metrics: format!("127.0.0.1:{}", free_port()),
-                    config: dir.path().join(format!("node{id}.toml")),
-                    data_dir: dir.path().join(format!("data{id}")),
-                };
-                (id, spec)
-            })
+            .map(|id| (id, NodeSpec::new(id, dir.path())))
             .collect();
         for spec in specs.values() {
             let (_, key) = &net.witnesses[(spec.id - 1) as usize];
             let key_path = dir.path().join(format!("node{}.key", spec.id));
             std::fs::write(&key_path, format_secret_key_file(key, "test witness key"))
                 .expect("key");
-            let mut text = format!(
-                "id = {}\ndata_dir = {:?}\ngenesis = \"genesis.pb\"\nwitness_key = {:?}\nbootstrap = {}\n\n[listen]\nraft = {:?}\napi = {:?}\nadmin = {:?}\nmetrics = {:?}\n\n",
-                spec.id,
-                spec.data_dir,
-                key_path,
-                spec.id == 1 && founders > 0,
-                spec.raft,
-                spec.api,
-                spec.admin,
-                spec.metrics
-            );
             // Peers are the founding members node 1 initialises the cluster with.
-            for peer in specs
+            let peers: Vec<&NodeSpec> = specs
                 .values()
                 .filter(|p| p.id != spec.id && p.id <= founders)
-            {
-                text.push_str(&format!(
-                    "[[peers]]\nid = {}\nraft = {:?}\napi = {:?}\n\n",
-                    peer.id, peer.raft, peer.api
-                ));
-            }
-            text.push_str(raft_section);
-            std::fs::write(&spec.config, text).expect("config");
+                .collect();
+            let bootstrap = spec.id == 1 && founders > 0;
+            spec.write_config(Some(&key_path), bootstrap, &peers, raft_section);
         }
         let mut cluster = Cluster {
             net,
             specs,
             procs: BTreeMap::new(),
             binary: binary.to_owned(),
+            raft_section: raft_section.to_owned(),
             dir,
         };
         let ids: Vec<u64> = cluster.specs.keys().copied().collect();
@@ -159,6 +188,18 @@ impl Cluster {
             cluster.start_node(id);
         }
         cluster
+    }
+
+    /// Writes the configuration of a replica (the next free node id, no witness key, in no
+    /// cluster yet) and starts it; returns its id. It serves once a leader adds it
+    /// (ClusterService.AddLearner).
+    pub fn add_replica(&mut self) -> u64 {
+        let id = self.specs.keys().max().copied().unwrap_or(0) + 1;
+        let spec = NodeSpec::new(id, self.dir.path());
+        spec.write_config(None, false, &[], &self.raft_section);
+        self.specs.insert(id, spec);
+        self.start_node(id);
+        id
     }
 
     /// Starts (or restarts) node `id`.

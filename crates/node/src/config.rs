@@ -47,7 +47,8 @@ struct RawConfig {
     id: u64,
     data_dir: PathBuf,
     genesis: PathBuf,
-    witness_key: PathBuf,
+    #[serde(default)]
+    witness_key: Option<PathBuf>,
     #[serde(default)]
     bootstrap: bool,
     listen: RawListen,
@@ -143,8 +144,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Genesis file.
     pub genesis: PathBuf,
-    /// Witness key file (hex seed).
-    pub witness_key: PathBuf,
+    /// Witness key file (hex seed). Required of the nodes the genesis names as witnesses;
+    /// absent on a replica (a node that replicates and serves the ledger but does not cosign
+    /// checkpoints, such as a regulator's own copy).
+    pub witness_key: Option<PathBuf>,
     /// This node initialises the cluster on its first start.
     pub bootstrap: bool,
     /// Raft transport listen address.
@@ -263,7 +266,7 @@ impl NodeConfig {
             id: raw.id,
             data_dir: resolve(&raw.data_dir),
             genesis: resolve(&raw.genesis),
-            witness_key: resolve(&raw.witness_key),
+            witness_key: raw.witness_key.as_deref().map(resolve),
             bootstrap: raw.bootstrap,
             raft_listen: raw.listen.raft,
             api_listen: raw.listen.api,
@@ -318,6 +321,13 @@ api = "127.0.0.1:7202"
         assert_eq!(c.genesis, Path::new("/repo/config/genesis.pb"));
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.timings.heartbeat_ms, 250);
+        assert_eq!(
+            c.witness_key.as_deref(),
+            Some(Path::new("/repo/config/keys/node1.witness.key"))
+        );
+        let replica = GOOD.replace("witness_key = \"keys/node1.witness.key\"\n", "");
+        let c = NodeConfig::parse(Path::new("/repo/config/node1.toml"), &replica).unwrap();
+        assert_eq!(c.witness_key, None);
     }
 
     #[test]

@@ -560,7 +560,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let (header, records) = snapshot_file::read_complete(&snapshot.path)?;
+            let read = started.elapsed();
             if header.meta != meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -577,7 +579,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 records.into_iter(),
             )
             .map_err(io_err)?;
+            let imported = started.elapsed();
             store.verify_integrity().map_err(io_err)?;
+            let verified = started.elapsed();
             let applied = encode(&meta.last_log_id).map_err(io_err)?;
             let membership = encode(&meta.last_membership).map_err(io_err)?;
             store
@@ -596,6 +600,15 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             inner.store = store;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
+            tracing::info!(
+                last_log_index = meta.last_log_id.map(|id| id.index),
+                ledger_size = inner.store.merkle_size(),
+                read_ms = read.as_millis() as u64,
+                import_ms = (imported - read).as_millis() as u64,
+                verify_ms = (verified - imported).as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "snapshot installed"
+            );
             inner.current_snapshot = Some((header, kept));
             Ok(())
         })

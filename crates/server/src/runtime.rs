@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wasteledger_core::genesis::Genesis;
-use wasteledger_core::signing::parse_secret_key_file;
+use wasteledger_core::signing::{SigningKey, parse_secret_key_file};
 use wasteledger_node::config::NodeConfig;
 use wasteledger_node::node::{Node, NodeError, NodeOptions};
 use wasteledger_node::types::NodeAddr;
@@ -100,6 +100,62 @@ async fn drain(
     }
 }
 
+/// The witness this node is, by the genesis, with its signing key; `None` for a replica (a
+/// node the genesis does not name, configured without a witness key).
+///
+/// A node the genesis names must have its key: without it, every checkpoint would be one
+/// cosignature short, and a key that is not the named one would cosign nothing verifiable.
+fn witness_identity(
+    config: &NodeConfig,
+    genesis: &Genesis,
+) -> Result<Option<(String, SigningKey)>, RunError> {
+    let named = genesis
+        .witnesses
+        .witnesses()
+        .iter()
+        .find(|w| w.node_id == config.id);
+    let problem = |what, path: &std::path::Path, problem: String| RunError::File {
+        what,
+        path: path.display().to_string(),
+        problem,
+    };
+    match (&config.witness_key, named) {
+        (None, None) => Ok(None),
+        (None, Some(w)) => Err(problem(
+            "configuration",
+            &config.path,
+            format!(
+                "the genesis names node {} as witness {:?}, but `witness_key` is not set; \
+                 give the path of its key file",
+                config.id, w.name
+            ),
+        )),
+        (Some(path), None) => Err(problem(
+            "witness key",
+            path,
+            format!(
+                "the genesis names no witness for node id {}; remove `witness_key` to run \
+                 this node as a replica, which does not cosign",
+                config.id
+            ),
+        )),
+        (Some(path), Some(w)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| problem("witness key", path, e.to_string()))?;
+            let key = parse_secret_key_file(&text)
+                .map_err(|e| problem("witness key", path, e.to_string()))?;
+            if w.key != key.verifying_key() {
+                return Err(problem(
+                    "witness key",
+                    path,
+                    format!("is not the key the genesis names for node {}", config.id),
+                ));
+            }
+            Ok(Some((w.name.clone(), key)))
+        }
+    }
+}
+
 /// Runs the node described by `config` until `shutdown` resolves.
 pub async fn run_node(
     config: NodeConfig,
@@ -114,30 +170,7 @@ pub async fn run_node(
         .map_err(|e| file_err("genesis", &config.genesis, e.to_string()))?;
     let genesis = Genesis::from_bytes(&genesis_bytes)
         .map_err(|e| file_err("genesis", &config.genesis, e.to_string()))?;
-    let key_text = std::fs::read_to_string(&config.witness_key)
-        .map_err(|e| file_err("witness key", &config.witness_key, e.to_string()))?;
-    let key = parse_secret_key_file(&key_text)
-        .map_err(|e| file_err("witness key", &config.witness_key, e.to_string()))?;
-    let witness = genesis
-        .witnesses
-        .witnesses()
-        .iter()
-        .find(|w| w.node_id == config.id)
-        .map(|w| (w.name.clone(), w.key))
-        .ok_or_else(|| {
-            file_err(
-                "genesis",
-                &config.genesis,
-                format!("names no witness for node id {}", config.id),
-            )
-        })?;
-    if witness.1 != key.verifying_key() {
-        return Err(file_err(
-            "witness key",
-            &config.witness_key,
-            format!("is not the key the genesis names for node {}", config.id),
-        ));
-    }
+    let witness = witness_identity(&config, &genesis)?;
     let raft_listener = bind(&config.raft_listen, "raft").await?;
     let api_listener = bind(&config.api_listen, "api").await?;
     let admin_listener = match &config.admin_listen {
@@ -179,13 +212,16 @@ pub async fn run_node(
         node.initialize(members).await?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let witness_task = tokio::spawn(wasteledger_node::witness::run(
-        node.clone(),
-        key,
-        witness.0,
-        WITNESS_INTERVAL,
-        stop_rx.clone(),
-    ));
+    let witness_name = witness.as_ref().map(|(name, _)| name.clone());
+    let witness_task = witness.map(|(name, key)| {
+        tokio::spawn(wasteledger_node::witness::run(
+            node.clone(),
+            key,
+            name,
+            WITNESS_INTERVAL,
+            stop_rx.clone(),
+        ))
+    });
     let (mut health, health_service) = tonic_health::server::health_reporter();
     // Not serving until the status watch has seen a leader with a quorum.
     observe::set_health(&health, tonic_health::ServingStatus::NotServing).await;
@@ -242,6 +278,7 @@ pub async fn run_node(
         api = %config.api_listen,
         admin = ?config.admin_listen,
         metrics = ?config.metrics_listen,
+        witness = witness_name.as_deref().unwrap_or("none: a replica, it does not cosign"),
         "node started"
     );
     let api_task = tokio::spawn(api);
@@ -274,7 +311,9 @@ pub async fn run_node(
     {
         tracing::warn!(error = %e, "metrics endpoint stopped with an error");
     }
-    let _ = witness_task.await;
+    if let Some(task) = witness_task {
+        let _ = task.await;
+    }
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await?,
         Err(node) => {
@@ -291,5 +330,69 @@ pub async fn run_node(
     match damaged {
         Some(e) => Err(RunError::Node(NodeError::Integrity(e))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasteledger_core::sample::SampleNetwork;
+    use wasteledger_core::signing::format_secret_key_file;
+
+    /// Node `id`'s configuration in `dir`, with `key` written as its witness key file.
+    fn config(dir: &std::path::Path, id: u64, key: Option<&SigningKey>) -> NodeConfig {
+        let mut text = format!("id = {id}\ndata_dir = \"data\"\ngenesis = \"genesis.pb\"\n");
+        if let Some(key) = key {
+            std::fs::write(dir.join("w.key"), format_secret_key_file(key, "test")).unwrap();
+            text.push_str("witness_key = \"w.key\"\n");
+        }
+        text.push_str("[listen]\nraft = \"127.0.0.1:1\"\napi = \"127.0.0.1:2\"\n");
+        NodeConfig::parse(&dir.join("node.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_named_witness_needs_its_own_key_and_a_replica_none() {
+        let net = SampleNetwork::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (name, key) = &net.witnesses[1];
+
+        let witness = witness_identity(&config(dir.path(), 2, Some(key)), &net.genesis).unwrap();
+        assert_eq!(
+            witness.map(|(n, k)| (n, k.verifying_key())),
+            Some((name.clone(), key.verifying_key()))
+        );
+
+        // Node 4 is not in the genesis: without a key it is a replica; with one it is refused.
+        assert!(
+            witness_identity(&config(dir.path(), 4, None), &net.genesis)
+                .unwrap()
+                .is_none()
+        );
+        let e = witness_identity(&config(dir.path(), 4, Some(key)), &net.genesis)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("names no witness for node id 4") && e.contains("replica"),
+            "{e}"
+        );
+
+        // A named witness without its key, or with another witness's key, is refused.
+        let e = witness_identity(&config(dir.path(), 2, None), &net.genesis)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("node.toml") && e.contains(name.as_str()) && e.contains("witness_key"),
+            "{e}"
+        );
+        let e = witness_identity(
+            &config(dir.path(), 2, Some(&net.witnesses[0].1)),
+            &net.genesis,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("w.key") && e.contains("not the key the genesis names for node 2"),
+            "{e}"
+        );
     }
 }
