@@ -753,7 +753,11 @@ async fn a_replica_without_a_witness_key_catches_up_and_serves_verifiable_proofs
     let verified = wasteledger_core::proof::verify_custody_proof(&bundle, &cluster.net.genesis)
         .expect("the replica's proof verifies");
     assert_eq!(verified.timeline.len(), 1);
-    assert!(verified.cosigners.signers.len() >= 2, "{:?}", verified.cosigners);
+    assert!(
+        verified.cosigners.signers.len() >= 2,
+        "{:?}",
+        verified.cosigners
+    );
 
     // Later writes reach it too.
     let number = "20261502000999";

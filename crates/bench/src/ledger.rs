@@ -197,6 +197,8 @@ pub(crate) struct LedgerBench {
     pub(crate) proofs: usize,
     /// Measure a node restart at the end.
     pub(crate) restart: bool,
+    /// Measure a new learner's catch-up at the end.
+    pub(crate) learner: bool,
     /// Keep the cluster's directory after the run.
     pub(crate) keep_data: bool,
 }
@@ -208,6 +210,9 @@ pub(crate) struct Extras {
     pub(crate) final_size: u64,
     /// Seconds from restarting a stopped follower to it serving the full ledger.
     pub(crate) restart_seconds: Option<f64>,
+    /// Seconds from asking the leader to add a new (empty) replica as a learner to that replica
+    /// holding the whole ledger, with the same root.
+    pub(crate) learner_catch_up_seconds: Option<f64>,
     /// Custody proofs fetched per second (one client).
     pub(crate) proof_fetches_per_sec: Option<f64>,
     /// Custody proofs verified offline per second, on one core.
@@ -276,6 +281,7 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
     let mut extras = Extras {
         final_size: head.size,
         restart_seconds: None,
+        learner_catch_up_seconds: None,
         proof_fetches_per_sec: None,
         proof_verifications_per_sec: None,
     };
@@ -305,7 +311,64 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
         }
         extras.restart_seconds = Some(t.elapsed().as_secs_f64());
     }
+    if opts.learner {
+        extras.learner_catch_up_seconds =
+            Some(learner_catch_up(&mut cluster, leader, &head).await?);
+    }
     Ok((reports, extras))
+}
+
+/// Starts an empty replica, asks `leader` to add it as a learner and waits until it holds
+/// `head` (size and root); returns the seconds from the request to then. The log the
+/// replica needs has been purged after the last snapshot, so it catches up by snapshot
+/// (its log says `snapshot installed` with the read, import and verify times).
+async fn learner_catch_up(
+    cluster: &mut Cluster,
+    leader: u64,
+    head: &pb::LedgerHead,
+) -> anyhow::Result<f64> {
+    let replica = cluster.add_replica();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.status(replica).await.is_none() {
+        if Instant::now() > deadline {
+            bail!("the replica (node {replica}) did not start; see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut admin = cluster
+        .admin_client(leader)
+        .await
+        .ok_or_else(|| anyhow!("leader's admin listener unreachable"))?;
+    let t = Instant::now();
+    let added = admin
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(cluster.specs[&replica].member()),
+            auth: None,
+        })
+        .await;
+    match added {
+        Ok(_) => {}
+        // The leader stops waiting after a minute; the learner is a member by then and
+        // keeps catching up.
+        Err(s) if s.code() == tonic::Code::DeadlineExceeded => {}
+        Err(s) => bail!("AddLearner refused: {:?} {}", s.code(), s.message()),
+    }
+    let deadline = t + Duration::from_secs(1800);
+    loop {
+        if let Some(h) = cluster.head(replica).await
+            && h.size >= head.size
+        {
+            if h.size == head.size && h.root != head.root {
+                bail!("the learner holds a different root at size {}", h.size);
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the learner did not catch up within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Every second, how many entries the published checkpoint trails the head of the node at

@@ -57,6 +57,9 @@ enum Command {
         /// Measure a follower restart at the end.
         #[arg(long)]
         restart: bool,
+        /// At the end, add a fourth node (a replica) as a learner and time its catch-up.
+        #[arg(long)]
+        learner: bool,
         /// Keep the cluster's directory (node data and logs) and print its path at the end.
         #[arg(long)]
         keep_data: bool,
@@ -122,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             binary,
             proofs,
             restart,
+            learner,
             keep_data,
         } => {
             let binary = match binary {
@@ -138,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 window: load.window,
                 proofs,
                 restart,
+                learner,
                 keep_data,
             };
             let (reports, extras) = ledger::run(&opts).await?;

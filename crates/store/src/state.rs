@@ -384,7 +384,16 @@ fn open_map(
     match committed {
         Some((_, root)) if opened.complete && map.root() == root => Ok(map),
         None if size == 0 => Ok(map),
-        _ => {
+        // An installed snapshot carries no map nodes (they are derived from the entries).
+        None => {
+            tracing::info!(
+                path = %path.display(),
+                entries = size,
+                "building the map file from the entries"
+            );
+            rebuild_map(tree, map.into_store(), genesis, size)
+        }
+        Some(_) => {
             tracing::warn!(
                 path = %path.display(),
                 entries = size,
