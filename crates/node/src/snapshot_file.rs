@@ -325,21 +325,29 @@ pub fn read_header(path: &Path) -> io::Result<SnapshotHeader> {
     SnapshotReader::open(path).map(|r| r.header)
 }
 
-/// Reads a complete snapshot file whole, checksum checked, for an install.
-pub(crate) fn read_complete(path: &Path) -> io::Result<(SnapshotHeader, Vec<Record>)> {
-    let mut reader = SnapshotReader::open(path)?;
-    if reader.header.omitted_below != 0 {
+/// Opens a complete snapshot file for an install: reads it through once to check its
+/// checksum, so a damaged file is refused before the store is touched, and returns its header
+/// and a reader of its records for the import. Nothing is held in memory but the record at
+/// hand (the file is read twice instead; a snapshot can be larger than memory).
+pub(crate) fn open_complete(
+    path: &Path,
+) -> io::Result<(SnapshotHeader, SnapshotReader<BufReader<File>>)> {
+    let mut check = SnapshotReader::open(path)?;
+    if check.header.omitted_below != 0 {
         return Err(invalid(
-            &reader.origin,
+            &check.origin,
             format!(
                 "leaves out the history below ledger size {}; only a complete snapshot can be \
                  installed",
-                reader.header.omitted_below
+                check.header.omitted_below
             ),
         ));
     }
-    let records = reader.by_ref().collect::<io::Result<Vec<_>>>()?;
-    Ok((reader.header, records))
+    for record in check.by_ref() {
+        record?;
+    }
+    let records = SnapshotReader::open(path)?;
+    Ok((records.header.clone(), records))
 }
 
 /// One message of [`wire_chunks`]: the next bytes, or `None` once every byte was sent.
@@ -468,6 +476,12 @@ mod tests {
         w.finish().unwrap()
     }
 
+    /// Every record of a complete snapshot, as an install reads them.
+    fn read_complete(path: &Path) -> io::Result<(SnapshotHeader, Vec<Record>)> {
+        let (header, records) = open_complete(path)?;
+        Ok((header, records.collect::<io::Result<Vec<_>>>()?))
+    }
+
     #[test]
     fn a_written_snapshot_reads_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -488,26 +502,28 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
             fs::write(&path, &bad).unwrap();
-            assert!(read_complete(&path).is_err(), "flipped byte {at} accepted");
+            assert!(open_complete(&path).is_err(), "flipped byte {at} accepted");
         }
         for len in 0..good.len() {
             fs::write(&path, &good[..len]).unwrap();
             assert!(
-                read_complete(&path).is_err(),
+                open_complete(&path).is_err(),
                 "truncation to {len} accepted"
             );
         }
         let mut longer = good.clone();
         longer.push(0);
         fs::write(&path, &longer).unwrap();
-        assert!(read_complete(&path).is_err(), "trailing byte accepted");
+        assert!(open_complete(&path).is_err(), "trailing byte accepted");
     }
 
     #[test]
     fn a_snapshot_without_its_history_cannot_be_installed() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), &header(7), &records(3));
-        let err = read_complete(&path).unwrap_err();
+        let Err(err) = open_complete(&path) else {
+            panic!("a partial snapshot was accepted")
+        };
         assert!(err.to_string().contains("below ledger size 7"), "{err}");
         assert_eq!(read_header(&path).unwrap().omitted_below, 7);
     }

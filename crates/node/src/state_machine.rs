@@ -561,8 +561,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (header, records) = snapshot_file::read_complete(&snapshot.path)?;
-            let read = started.elapsed();
+            let (header, records) = snapshot_file::open_complete(&snapshot.path)?;
+            let checked = started.elapsed();
             if header.meta != meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -572,13 +572,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             let mut inner = this.lock()?;
             let _installing = Installing::begin(&this.installs);
             let tree = this.db.raw_tree(LEDGER_TREE).map_err(io_err)?;
-            let store = LedgerStore::import(
-                tree,
-                &this.map_path,
-                this.genesis.clone(),
-                records.into_iter(),
-            )
-            .map_err(io_err)?;
+            let store = LedgerStore::import(tree, &this.map_path, this.genesis.clone(), records)
+                .map_err(io_err)?;
             let imported = started.elapsed();
             store.verify_integrity().map_err(io_err)?;
             let verified = started.elapsed();
@@ -603,8 +598,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             tracing::info!(
                 last_log_index = meta.last_log_id.map(|id| id.index),
                 ledger_size = inner.store.merkle_size(),
-                read_ms = read.as_millis() as u64,
-                import_ms = (imported - read).as_millis() as u64,
+                checksum_ms = checked.as_millis() as u64,
+                import_ms = (imported - checked).as_millis() as u64,
                 verify_ms = (verified - imported).as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot installed"

@@ -24,6 +24,7 @@
 //! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -1115,25 +1116,29 @@ impl LedgerStore {
 
     /// Replaces the whole state with a snapshot's key/values, then reopens, rebuilding the map
     /// file at `map_path` from the imported entries.
+    ///
+    /// The items are read as they are imported, so a snapshot never has to fit in memory. An
+    /// error from `items`, like a sled error, stops the import and leaves the state half
+    /// replaced, so the caller checks the items first (the snapshot's checksum): then only an
+    /// I/O failure can do that.
     pub fn import(
         tree: sled::Tree,
         map_path: &Path,
         genesis: Genesis,
-        items: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
+        items: impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
     ) -> Result<LedgerStore, StoreError> {
         tree.clear()?;
-        let mut batch = sled::Batch::default();
-        let mut n = 0usize;
-        for (k, v) in items {
-            batch.insert(k, v);
-            n += 1;
-            if n.is_multiple_of(10_000) {
-                crate::durable::apply_sled_batch(&tree, std::mem::take(&mut batch))?;
-            }
+        // One insert at a time, not sled batches: importing a 1M-event snapshot (5.6M
+        // records) in batches of 10,000 grew the process by ~4.4 GB per million records
+        // until the kernel killed it at 17.8 GB; single inserts peaked at 2.2 GB, at the
+        // same speed. (Not traced inside sled 0.34.) Batches never made the whole import
+        // atomic, so a half-done import is no worse.
+        for item in items {
+            let (k, v) = item?;
+            tree.insert(k, v)?;
         }
         // A map file state names the sender's file, not ours.
-        batch.remove(key(STATE, MAP_STATE));
-        crate::durable::apply_sled_batch(&tree, batch)?;
+        tree.remove(key(STATE, MAP_STATE))?;
         LedgerStore::open(tree, map_path, genesis)
     }
 }

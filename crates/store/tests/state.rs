@@ -358,7 +358,7 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
         db.raw_tree("target").unwrap(),
         &dir.path().join("target.map"),
         net.genesis.clone(),
-        records.into_iter(),
+        records.into_iter().map(Ok),
     )
     .unwrap();
     assert_matches_reference(&imported, &reference, &net);
