@@ -109,12 +109,44 @@ pub enum AdminError {
     /// The call did not finish in time (the leader may still complete it).
     #[error("{0} did not finish within {1:?}; check Status before retrying")]
     Timeout(&'static str, Duration),
+    /// AddLearner stopped waiting, but the node is a learner and is still catching up (a large
+    /// ledger takes minutes: a snapshot to send, import and check).
+    #[error(
+        "node {id} is a learner now but had not caught up within {waited:?} (it holds log \
+         index {matched}, the leader {last}); it goes on catching up: follow it with Status, \
+         and do not add it again"
+    )]
+    CatchingUp {
+        /// The learner.
+        id: u64,
+        /// How long the call waited.
+        waited: Duration,
+        /// The learner's matched log index (0: none yet, e.g. while a snapshot is sent).
+        matched: u64,
+        /// The leader's last log index.
+        last: u64,
+    },
     /// openraft failed otherwise.
     #[error("raft: {0}")]
     Raft(String),
 }
 
 type Metrics = openraft::RaftMetrics<TypeConfig>;
+
+/// What AddLearner reports when it stops waiting for node `id` after `waited`: a member still
+/// catching up, if the membership change went through, else a plain timeout.
+fn add_learner_timeout(status: &NodeStatus, id: u64, waited: Duration) -> AdminError {
+    if status.learners.contains_key(&id) {
+        AdminError::CatchingUp {
+            id,
+            waited,
+            matched: status.replication.get(&id).copied().flatten().unwrap_or(0),
+            last: status.last_log_index.unwrap_or(0),
+        }
+    } else {
+        AdminError::Timeout("add_learner", waited)
+    }
+}
 
 fn status_of(m: &Metrics, max_quorum_silence: Duration) -> NodeStatus {
     let membership = m.membership_config.membership();
@@ -270,7 +302,7 @@ impl Node {
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         }
         match tokio::time::timeout(timeout, self.raft.add_learner(id, addr, true)).await {
-            Err(_) => Err(AdminError::Timeout("add_learner", timeout)),
+            Err(_) => Err(add_learner_timeout(&self.status(), id, timeout)),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.write_error(e)),
         }
@@ -373,6 +405,34 @@ mod tests {
         // A learner that has a leader but no ledger yet.
         let s = status_of(&metrics(4, Some(1), None, 100), SILENCE);
         assert_eq!(s.health, Health::NotServing("nothing applied yet".into()));
+    }
+
+    #[test]
+    fn add_learner_that_outwaits_its_timeout_says_whether_the_node_is_a_member() {
+        let mut m = metrics(1, Some(1), Some(900), 900);
+        m.replication = Some(BTreeMap::from([
+            (1, Some(log_id(900))),
+            (4, Some(log_id(120))),
+        ]));
+        let s = status_of(&m, SILENCE);
+        // Node 4 is a learner of this membership: it is catching up, at index 120 of 900.
+        let e = add_learner_timeout(&s, 4, Duration::from_secs(60));
+        assert!(
+            matches!(
+                e,
+                AdminError::CatchingUp {
+                    id: 4,
+                    matched: 120,
+                    last: 900,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("do not add it again"), "{e}");
+        // Node 5 is no member: the change itself did not go through in time.
+        let e = add_learner_timeout(&s, 5, Duration::from_secs(60));
+        assert!(matches!(e, AdminError::Timeout("add_learner", _)), "{e:?}");
     }
 
     #[test]

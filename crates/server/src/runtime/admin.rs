@@ -230,6 +230,11 @@ fn admin_status(e: AdminError) -> Status {
             "cluster.timeout",
             e.to_string(),
         ),
+        AdminError::CatchingUp { .. } => status(
+            tonic::Code::DeadlineExceeded,
+            "cluster.catching_up",
+            e.to_string(),
+        ),
         AdminError::Raft(_) => status(tonic::Code::Unavailable, "cluster.raft", e.to_string()),
     }
 }
