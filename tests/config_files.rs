@@ -1,6 +1,7 @@
 //! The demo network's checked-in configuration (`config/`) is consistent: the genesis is the
 //! sample network's, each node's witness key file holds the key the genesis names for it, and
-//! each node config parses and points at them.
+//! each node config parses and points at them; the replica's config (node 4) parses, names no
+//! witness key, and the genesis names no witness for it.
 //!
 //! Regenerate the genesis and key files after an intentional change with
 //! `WASTELEDGER_WRITE_CONFIG=1 cargo test -p wasteledger-tests --test config_files`.
@@ -82,4 +83,12 @@ fn demo_config_is_consistent() {
             "node {n}'s witness key is not the one in the genesis"
         );
     }
+    let replica = NodeConfig::load(&dir.join("node4.toml")).expect("replica config parses");
+    assert_eq!((replica.id, replica.witness_key.as_ref()), (4, None));
+    assert!(!replica.bootstrap && replica.peers.is_empty());
+    assert!(
+        genesis.witnesses.witnesses().iter().all(|w| w.node_id != 4),
+        "node 4 is meant to be a replica, not a witness"
+    );
+    assert_eq!(replica.admin_listen.as_deref(), Some("127.0.0.1:7304"));
 }
