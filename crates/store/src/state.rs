@@ -1128,7 +1128,7 @@ impl LedgerStore {
         items: impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
     ) -> Result<LedgerStore, StoreError> {
         tree.clear()?;
-        // One insert at a time, not sled batches: importing a 1M-event snapshot (5.6M
+        // One insert at a time, not sled batches: importing a 1M-event snapshot (6.0M
         // records) in batches of 10,000 grew the process by ~4.4 GB per million records
         // until the kernel killed it at 17.8 GB; single inserts peaked at 2.2 GB, at the
         // same speed. (Not traced inside sled 0.34.) Batches never made the whole import
