@@ -394,12 +394,7 @@ async fn a_node_added_as_learner_becomes_a_voter() {
         Some(ServingStatus::NotServing)
     );
 
-    let spec = cluster.specs[&3].clone();
-    let member = pb::ClusterMember {
-        node_id: 3,
-        raft_addr: spec.raft.clone(),
-        api_addr: spec.api.clone(),
-    };
+    let member = cluster.specs[&3].member();
     // Membership calls go to the leader; a follower says who leads.
     let mut at_follower = cluster.admin_client(follower).await.expect("client");
     let refused = at_follower
@@ -513,11 +508,12 @@ async fn a_node_added_as_learner_becomes_a_voter() {
     // Graceful stop with long-lived calls open on node 3: a health Watch (what load balancers
     // hold) sees NOT_SERVING and then ends, a WatchEvents stream ends, and the drain finishes
     // without cutting anything off.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.api))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.specs[&3].api))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
     let mut health_watch = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: LEDGER_SERVICE.into(),

@@ -100,6 +100,15 @@ async fn drain(
     }
 }
 
+/// A file named by the configuration that cannot be used.
+fn file_error(what: &'static str, path: &std::path::Path, problem: String) -> RunError {
+    RunError::File {
+        what,
+        path: path.display().to_string(),
+        problem,
+    }
+}
+
 /// The witness this node is, by the genesis, with its signing key; `None` for a replica (a
 /// node the genesis does not name, configured without a witness key).
 ///
@@ -114,14 +123,9 @@ fn witness_identity(
         .witnesses()
         .iter()
         .find(|w| w.node_id == config.id);
-    let problem = |what, path: &std::path::Path, problem: String| RunError::File {
-        what,
-        path: path.display().to_string(),
-        problem,
-    };
     match (&config.witness_key, named) {
         (None, None) => Ok(None),
-        (None, Some(w)) => Err(problem(
+        (None, Some(w)) => Err(file_error(
             "configuration",
             &config.path,
             format!(
@@ -130,7 +134,7 @@ fn witness_identity(
                 config.id, w.name
             ),
         )),
-        (Some(path), None) => Err(problem(
+        (Some(path), None) => Err(file_error(
             "witness key",
             path,
             format!(
@@ -141,11 +145,11 @@ fn witness_identity(
         )),
         (Some(path), Some(w)) => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| problem("witness key", path, e.to_string()))?;
+                .map_err(|e| file_error("witness key", path, e.to_string()))?;
             let key = parse_secret_key_file(&text)
-                .map_err(|e| problem("witness key", path, e.to_string()))?;
+                .map_err(|e| file_error("witness key", path, e.to_string()))?;
             if w.key != key.verifying_key() {
-                return Err(problem(
+                return Err(file_error(
                     "witness key",
                     path,
                     format!("is not the key the genesis names for node {}", config.id),
@@ -161,15 +165,10 @@ pub async fn run_node(
     config: NodeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let file_err = |what, path: &std::path::Path, problem: String| RunError::File {
-        what,
-        path: path.display().to_string(),
-        problem,
-    };
     let genesis_bytes = std::fs::read(&config.genesis)
-        .map_err(|e| file_err("genesis", &config.genesis, e.to_string()))?;
+        .map_err(|e| file_error("genesis", &config.genesis, e.to_string()))?;
     let genesis = Genesis::from_bytes(&genesis_bytes)
-        .map_err(|e| file_err("genesis", &config.genesis, e.to_string()))?;
+        .map_err(|e| file_error("genesis", &config.genesis, e.to_string()))?;
     let witness = witness_identity(&config, &genesis)?;
     let raft_listener = bind(&config.raft_listen, "raft").await?;
     let api_listener = bind(&config.api_listen, "api").await?;
