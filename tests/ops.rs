@@ -42,6 +42,11 @@ fn reason(status: &tonic::Status) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// The ids of the learners in `status`.
+fn learner_ids(status: &pb::ClusterStatus) -> Vec<u64> {
+    status.learners.iter().map(|m| m.node_id).collect()
+}
+
 /// The leader as node `via` sees it, once one is known (bounded).
 async fn leader(cluster: &Cluster, via: u64) -> u64 {
     let deadline = Instant::now() + LONG;
@@ -396,12 +401,8 @@ async fn a_node_added_as_learner_becomes_a_voter() {
 
     let member = cluster.specs[&3].member();
     // Membership calls go to the leader; a follower says who leads.
-    let mut at_follower = cluster.admin_client(follower).await.expect("client");
-    let refused = at_follower
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(member.clone()),
-            auth: None,
-        })
+    let refused = cluster
+        .add_learner(follower, member.clone())
         .await
         .expect_err("followers do not change membership");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
@@ -413,20 +414,19 @@ async fn a_node_added_as_learner_becomes_a_voter() {
             .and_then(|v| v.to_str().ok()),
         Some(cluster.specs[&leader].api.as_str())
     );
-    let mut admin = cluster.admin_client(leader).await.expect("client");
     // An address nobody listens on is reported as unreachable, with the node and address.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
-    let unreachable = admin
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(pb::ClusterMember {
+    let unreachable = cluster
+        .add_learner(
+            leader,
+            pb::ClusterMember {
                 node_id: 9,
                 raft_addr: dead_addr.clone(),
                 api_addr: dead_addr.clone(),
-            }),
-            auth: None,
-        })
+            },
+        )
         .await
         .expect_err("nobody there");
     assert_eq!(unreachable.code(), tonic::Code::Unavailable);
@@ -438,22 +438,11 @@ async fn a_node_added_as_learner_becomes_a_voter() {
         unreachable.message()
     );
 
-    let status = admin
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(member),
-            auth: None,
-        })
+    let status = cluster
+        .add_learner(leader, member)
         .await
-        .expect("learner added")
-        .into_inner();
-    assert_eq!(
-        status
-            .learners
-            .iter()
-            .map(|m| m.node_id)
-            .collect::<Vec<_>>(),
-        vec![3]
-    );
+        .expect("learner added");
+    assert_eq!(learner_ids(&status), vec![3]);
     assert_eq!(status.voters.len(), 2);
 
     // Promote it through the public listener, signed by the authority.
@@ -696,23 +685,11 @@ async fn a_replica_without_a_witness_key_catches_up_and_serves_verifiable_proofs
         "{}",
         cluster.logs(replica)
     );
-    let mut admin = cluster.admin_client(leader).await.expect("client");
-    let status = admin
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(cluster.specs[&replica].member()),
-            auth: None,
-        })
+    let status = cluster
+        .add_learner(leader, cluster.specs[&replica].member())
         .await
-        .expect("replica added")
-        .into_inner();
-    assert_eq!(
-        status
-            .learners
-            .iter()
-            .map(|m| m.node_id)
-            .collect::<Vec<_>>(),
-        vec![replica]
-    );
+        .expect("replica added");
+    assert_eq!(learner_ids(&status), vec![replica]);
     let head = cluster
         .converged(&[1, 2, 3, replica], before.size, LONG)
         .await

@@ -306,6 +306,25 @@ impl Cluster {
             .map(ClusterServiceClient::new)
     }
 
+    /// Asks node `via`, on its admin listener, to add `member` as a learner; the answer is the
+    /// cluster status, or the refusal as the node gave it.
+    pub async fn add_learner(
+        &self,
+        via: u64,
+        member: pb::ClusterMember,
+    ) -> Result<pb::ClusterStatus, tonic::Status> {
+        let mut admin = self.admin_client(via).await.ok_or_else(|| {
+            tonic::Status::unavailable(format!("node {via}'s admin listener unreachable"))
+        })?;
+        admin
+            .add_learner(pb::AddLearnerRequest {
+                member: Some(member),
+                auth: None,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// A ClusterService client of node `id`'s public API listener (calls must be signed).
     pub async fn public_admin_client(&self, id: u64) -> Option<ClusterServiceClient<Channel>> {
         channel(&self.specs[&id].api)

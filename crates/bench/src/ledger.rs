@@ -335,18 +335,11 @@ async fn learner_catch_up(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut admin = cluster
-        .admin_client(leader)
-        .await
-        .ok_or_else(|| anyhow!("leader's admin listener unreachable"))?;
     let t = Instant::now();
-    let added = admin
-        .add_learner(pb::AddLearnerRequest {
-            member: Some(cluster.specs[&replica].member()),
-            auth: None,
-        })
-        .await;
-    match added {
+    match cluster
+        .add_learner(leader, cluster.specs[&replica].member())
+        .await
+    {
         Ok(_) => {}
         // The leader stops waiting after a minute; the learner is a member by then and
         // keeps catching up.
