@@ -646,7 +646,9 @@ async fn a_replica_without_a_witness_key_catches_up_and_serves_verifiable_proofs
     let mut cluster = Cluster::start(Path::new(BIN), 3);
     let leader = leader(&cluster, 1).await;
     let mut events = cluster.net.registrations();
-    let numbers: Vec<String> = (1..=60).map(|n| format!("20261502{n:06}")).collect();
+    // Over 100 entries: with the test interval (50) the leader builds a second snapshot, from
+    // its first one and the records changed since, and that is what the replica installs.
+    let numbers: Vec<String> = (1..=110).map(|n| format!("20261502{n:06}")).collect();
     for number in &numbers {
         let flow = ManifestFlow::new(&cluster.net, number, T0).unwrap();
         events.push(flow.event(
@@ -666,6 +668,16 @@ async fn a_replica_without_a_witness_key_catches_up_and_serves_verifiable_proofs
         .converged(&[1, 2, 3], events.len() as u64, LONG)
         .await
         .expect("the three witnesses agree");
+
+    let deadline = Instant::now() + LONG;
+    while !cluster.logs(leader).contains("\"incremental\"") {
+        assert!(
+            Instant::now() < deadline,
+            "the leader built no snapshot from its previous one:\n{}",
+            cluster.logs(leader)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Node 4 is not in the genesis and has no witness key. More entries than the test
     // snapshot interval (50) were written, so it catches up by snapshot.

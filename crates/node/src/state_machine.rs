@@ -59,6 +59,10 @@ struct Inner {
     last_applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
     current_snapshot: Option<(SnapshotHeader, PathBuf)>,
+    /// The number of the store copy ([`wasteledger_store::state::ChangingCopy::number`]) the
+    /// current snapshot was built from, so the next build can start from its file; `None` for
+    /// a snapshot installed or found at start-up.
+    snapshot_copy: Option<u64>,
 }
 
 /// The ledger state machine (a cheap-clone handle).
@@ -117,6 +121,7 @@ impl LedgerStateMachine {
                 last_applied,
                 membership,
                 current_snapshot,
+                snapshot_copy: None,
             })),
             installs: Arc::new(AtomicU64::new(0)),
             db: db.clone(),
@@ -340,7 +345,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (header, mut writer, copy, mark, map_file) = {
+            let (header, mut writer, copy, previous, mark, map_file) = {
                 let inner = this.lock()?;
                 let size = inner.store.merkle_size();
                 let header = SnapshotHeader {
@@ -357,10 +362,56 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     .map_err(io_err)?;
                 let copy = inner.store.begin_changing_copy().map_err(io_err)?;
                 let writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
-                (header, writer, copy, this.mark(), inner.store.map_file())
+                let previous = inner
+                    .current_snapshot
+                    .as_ref()
+                    .zip(inner.snapshot_copy)
+                    .map(|((_, path), number)| (path.clone(), number));
+                (
+                    header,
+                    writer,
+                    copy,
+                    previous,
+                    this.mark(),
+                    inner.store.map_file(),
+                )
             };
             let locked = started.elapsed();
-            let changing = writer.records(copy.records())?;
+            // From the previous snapshot's file and the records changed since, when the store
+            // tracked them; otherwise (the first build since start-up or an install, or a
+            // failure reading the previous file) a scan of every changing record.
+            let mut kind = "full";
+            let mut incremental = None;
+            if let Some((path, number)) = previous {
+                match snapshot_file::SnapshotReader::open(&path) {
+                    Ok(reader) => {
+                        incremental = copy
+                            .records_since(number, reader)
+                            .map(|records| writer.records(records));
+                    }
+                    Err(e) => tracing::warn!(
+                        path = %path.display(), error = %e,
+                        "cannot read the previous snapshot; copying every record instead"
+                    ),
+                }
+            }
+            let changing = match incremental {
+                Some(Ok(changing)) => {
+                    kind = "incremental";
+                    changing
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        error = %e,
+                        "building from the previous snapshot failed; copying every record instead"
+                    );
+                    drop(writer);
+                    writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
+                    writer.records(copy.records())?
+                }
+                None => writer.records(copy.records())?,
+            };
+            let copy_number = copy.number();
             drop(copy);
             let path = writer.finish()?;
             // Most of the map file's dirty pages, synced without the lock, so saving its index
@@ -377,6 +428,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             map_file.save_index().map_err(io_err)?;
             remove_other_snapshots(&this.snapshot_dir, &path);
             inner.current_snapshot = Some((header.clone(), path.clone()));
+            inner.snapshot_copy = Some(copy_number);
             let snapshot = this.snapshot_file(&inner, &header, path);
             drop(inner);
             tracing::info!(
@@ -384,6 +436,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 ledger_size = header.omitted_below,
                 records = changing.0,
                 bytes = changing.1,
+                kind,
                 locked_ms = locked.as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
@@ -605,6 +658,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 "snapshot installed"
             );
             inner.current_snapshot = Some((header, kept));
+            inner.snapshot_copy = None;
             Ok(())
         })
         .await

@@ -51,7 +51,7 @@ mod copy;
 mod integrity;
 
 pub use copy::ChangingCopy;
-use copy::{BeforeImage, CopyHandle, CopyState, copy_poisoned, is_changing};
+use copy::{CopyHandle, copy_poisoned};
 pub use integrity::{HistoryCheck, HistoryChecked, IntegrityError};
 
 const ENTRY: u8 = b'E';
@@ -549,31 +549,16 @@ impl LedgerStore {
         &self,
         writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<(), StoreError> {
-        let mut copy = self.copy.lock().map_err(|_| copy_poisoned())?;
+        let mut copies = self.copy.lock().map_err(|_| copy_poisoned())?;
         let mut batch = sled::Batch::default();
         for (k, v) in writes {
-            if let Some(state) = copy.as_mut()
-                && is_changing(&k)
-                && !state.images.contains_key(&k)
-            {
-                let before = self.tree.get(&k)?.map(|v| v.to_vec());
-                // The scan goes in key order: a key at or before its cursor was read already,
-                // with the value it held when the copy began (this is its first write since).
-                let scanned = k.as_slice() <= state.cursor.as_slice();
-                state.images.insert(
-                    k.clone(),
-                    BeforeImage {
-                        value: before,
-                        copied: scanned,
-                    },
-                );
-            }
+            copies.note_write(&self.tree, &k)?;
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
         }
-        drop(copy);
+        drop(copies);
         crate::durable::apply_sled_batch(&self.tree, batch)?;
         Ok(())
     }
@@ -974,17 +959,7 @@ impl LedgerStore {
     /// rebuilds it. One copy at a time.
     pub fn begin_changing_copy(&self) -> Result<ChangingCopy, StoreError> {
         self.commit()?;
-        let mut copy = self.copy.lock().map_err(|_| copy_poisoned())?;
-        if copy.is_some() {
-            return Err(StoreError::Inconsistent(
-                "a snapshot copy is already in progress".into(),
-            ));
-        }
-        *copy = Some(CopyState::default());
-        Ok(ChangingCopy {
-            tree: self.tree.clone(),
-            handle: self.copy.clone(),
-        })
+        copy::begin(&self.copy, &self.tree)
     }
 
     /// A handle on the records no later entry changes, for reading them without the store (see

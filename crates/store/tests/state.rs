@@ -366,6 +366,98 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     assert_eq!(imported.chain_head(), reference.chain_head());
 }
 
+/// Reads `records`, applying one of `events` to `store` after every third record, and
+/// returns the records sorted by key.
+fn read_while_applying(
+    store: &mut LedgerStore,
+    records: impl Iterator<Item = wasteledger_store::state::Record>,
+    events: &[(pb::SignedEvent, i64)],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut records = records.map(Result::unwrap);
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (event, time) in events {
+        out.extend(records.by_ref().take(3));
+        let _ = store.apply(event, *time, &[]).unwrap();
+        store.commit().unwrap();
+    }
+    out.extend(records);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_copy_made_from_the_previous_copy_and_the_changes_equals_a_full_copy() {
+    let net = SampleNetwork::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = DurableDb::open(dir.path().join("db")).unwrap();
+    let open = |name: &str| {
+        LedgerStore::open(
+            db.raw_tree(name).unwrap(),
+            &dir.path().join(format!("{name}.map")),
+            net.genesis.clone(),
+        )
+        .unwrap()
+    };
+    // Two stores fed the same events: one copies incrementally, the other scans in full.
+    let (mut incremental, mut full) = (open("incremental"), open("full"));
+    let all = events(&net);
+    let third = all.len() / 3;
+    let (first, rest) = all.split_at(third);
+    let (second, last) = rest.split_at(third);
+    let apply = |store: &mut LedgerStore, events: &[(pb::SignedEvent, i64)]| {
+        for (event, time) in events {
+            let _ = store.apply(event, *time, &[]).unwrap();
+        }
+    };
+    apply(&mut incremental, first);
+    apply(&mut full, first);
+
+    let copy = incremental.begin_changing_copy().unwrap();
+    assert!(
+        copy.records_since(0, std::iter::empty()).is_none(),
+        "the first copy of a store opened just now has no previous copy to build on"
+    );
+    let previous_number = copy.number();
+    let previous = read_while_applying(&mut incremental, copy.records(), second);
+    drop(copy);
+    let copy = full.begin_changing_copy().unwrap();
+    assert_eq!(
+        read_while_applying(&mut full, copy.records(), second),
+        previous
+    );
+    drop(copy);
+
+    // The second copy: states, status indexes and metadata changed, were created and deleted
+    // since the first, and change again while it is read.
+    let copy = incremental.begin_changing_copy().unwrap();
+    assert!(
+        copy.records_since(previous_number + 1, std::iter::empty())
+            .is_none()
+    );
+    let made = copy
+        .records_since(previous_number, previous.clone().into_iter().map(Ok))
+        .expect("every change since the previous copy was tracked");
+    let made = read_while_applying(&mut incremental, made, last);
+    drop(copy);
+    let copy = full.begin_changing_copy().unwrap();
+    let scanned = read_while_applying(&mut full, copy.records(), last);
+    drop(copy);
+    assert_ne!(
+        scanned, previous,
+        "the events between the copies changed nothing"
+    );
+    assert_eq!(made, scanned);
+
+    // A reopened store tracked nothing before its first copy.
+    drop(incremental);
+    let reopened = open("incremental");
+    let copy = reopened.begin_changing_copy().unwrap();
+    assert!(
+        copy.records_since(previous_number, std::iter::empty())
+            .is_none()
+    );
+}
+
 /// A reopened store of [`events`] whose integrity checkpoint is at size 8 (recorded in the
 /// current format, with the chain link), and its raw tree for damaging it.
 fn store_with_checkpoint_at_8(dir: &std::path::Path) -> (DurableDb, sled::Tree, LedgerStore) {
