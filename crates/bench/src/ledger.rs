@@ -204,7 +204,7 @@ pub(crate) struct LedgerBench {
 }
 
 /// Extra figures measured once per benchmark.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct Extras {
     /// Final ledger size, agreed by all three nodes.
     pub(crate) final_size: u64,
@@ -219,8 +219,12 @@ pub(crate) struct Extras {
     pub(crate) proof_verifications_per_sec: Option<f64>,
 }
 
-/// Runs the benchmark; prints nothing.
-pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, Extras)> {
+/// Runs the benchmark; prints nothing. `measured` is called with everything measured so far
+/// each time a figure is added, so an interrupted run keeps what it measured.
+pub(crate) async fn run(
+    opts: &LedgerBench,
+    measured: &mut dyn FnMut(&[RunReport], &Extras),
+) -> anyhow::Result<(Vec<RunReport>, Extras)> {
     if !opts.binary.exists() {
         bail!(
             "{} not found; build it first: cargo build --release -p wasteledger",
@@ -242,6 +246,7 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
     }
     let target = Target { api };
     let mut reports = Vec::new();
+    let mut extras = Extras::default();
     let mut next_serial = 1u64;
     for &clients in &opts.clients {
         let count = opts.events.div_ceil(EVENTS_PER_LIFECYCLE as u64);
@@ -273,22 +278,19 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
             .map(|id| dir_bytes(&cluster.specs[&id].data_dir) as f64 / head.size.max(1) as f64)
             .collect();
         reports.push(report);
+        measured(&reports, &extras);
     }
     let head = cluster
         .converged(&[1, 2, 3], 1, Duration::from_secs(120))
         .await
         .ok_or_else(|| anyhow!("the three nodes did not converge on one root"))?;
-    let mut extras = Extras {
-        final_size: head.size,
-        restart_seconds: None,
-        learner_catch_up_seconds: None,
-        proof_fetches_per_sec: None,
-        proof_verifications_per_sec: None,
-    };
+    extras.final_size = head.size;
+    measured(&reports, &extras);
     if opts.proofs > 0 {
         let (fetch, verify) = proofs(&cluster, leader, opts.proofs, next_serial - 1).await?;
         extras.proof_fetches_per_sec = Some(fetch);
         extras.proof_verifications_per_sec = Some(verify);
+        measured(&reports, &extras);
     }
     if opts.restart {
         let follower = (1..=3).find(|id| *id != leader).unwrap_or(2);
@@ -310,10 +312,12 @@ pub(crate) async fn run(opts: &LedgerBench) -> anyhow::Result<(Vec<RunReport>, E
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         extras.restart_seconds = Some(t.elapsed().as_secs_f64());
+        measured(&reports, &extras);
     }
     if opts.learner {
         extras.learner_catch_up_seconds =
             Some(learner_catch_up(&mut cluster, leader, &head).await?);
+        measured(&reports, &extras);
     }
     Ok((reports, extras))
 }
@@ -342,8 +346,12 @@ async fn learner_catch_up(
     {
         Ok(_) => {}
         // The leader stops waiting after a minute; the learner is a member by then and
-        // keeps catching up.
-        Err(s) if s.code() == tonic::Code::DeadlineExceeded => {}
+        // keeps catching up. Any other refusal (`cluster.timeout` included: the learner was
+        // never added) ends the measurement.
+        Err(s)
+            if s.metadata()
+                .get(wasteledger_server::REASON_KEY)
+                .is_some_and(|r| r == "cluster.catching_up") => {}
         Err(s) => bail!("AddLearner refused: {:?} {}", s.code(), s.message()),
     }
     let deadline = t + Duration::from_secs(1800);

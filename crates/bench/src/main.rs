@@ -63,6 +63,10 @@ enum Command {
         /// Keep the cluster's directory (node data and logs) and print its path at the end.
         #[arg(long)]
         keep_data: bool,
+        /// Also write the JSON report to this file, rewritten as each figure is measured, so
+        /// a run interrupted after its load still leaves the figures it had.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
     },
     /// Drive a running etcd with puts of `--value-size` bytes.
     Etcd {
@@ -116,6 +120,21 @@ fn print_table(reports: &[stats::RunReport]) {
     }
 }
 
+/// Writes the report so far to `path` (through a temporary file, so a reader never sees half
+/// of one).
+fn save_report(
+    path: &std::path::Path,
+    reports: &[stats::RunReport],
+    extras: &ledger::Extras,
+) -> anyhow::Result<()> {
+    let out = serde_json::json!({ "runs": reports, "extras": extras });
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&out)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -127,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             restart,
             learner,
             keep_data,
+            save,
         } => {
             let binary = match binary {
                 Some(b) => b,
@@ -145,7 +165,22 @@ async fn main() -> anyhow::Result<()> {
                 learner,
                 keep_data,
             };
-            let (reports, extras) = ledger::run(&opts).await?;
+            if let Some(path) = &save {
+                // Before the load, so a path that cannot be written fails now, not at the end.
+                save_report(path, &[], &ledger::Extras::default())?;
+            }
+            let mut save_error = None;
+            let mut measured = |reports: &[stats::RunReport], extras: &ledger::Extras| {
+                if let Some(path) = &save
+                    && let Err(e) = save_report(path, reports, extras)
+                {
+                    save_error.get_or_insert(e);
+                }
+            };
+            let (reports, extras) = ledger::run(&opts, &mut measured).await?;
+            if let Some(e) = save_error {
+                return Err(e);
+            }
             if load.json {
                 let out = serde_json::json!({ "runs": reports, "extras": extras });
                 #[allow(clippy::print_stdout)]
