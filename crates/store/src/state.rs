@@ -552,7 +552,7 @@ impl LedgerStore {
         let mut copies = self.copy.lock().map_err(|_| copy_poisoned())?;
         let mut batch = sled::Batch::default();
         for (k, v) in writes {
-            copies.note_write(&self.tree, &k)?;
+            copies.note_write(&self.tree, &k, v.as_deref())?;
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),

@@ -434,6 +434,8 @@ fn a_copy_made_from_the_previous_copy_and_the_changes_equals_a_full_copy() {
         copy.records_since(previous_number + 1, std::iter::empty())
             .is_none()
     );
+    assert_eq!(copy.changes_since(previous_number + 1), None);
+    let changes = copy.changes_since(previous_number).unwrap();
     let made = copy
         .records_since(previous_number, previous.clone().into_iter().map(Ok))
         .expect("every change since the previous copy was tracked");
@@ -447,6 +449,21 @@ fn a_copy_made_from_the_previous_copy_and_the_changes_equals_a_full_copy() {
         "the events between the copies changed nothing"
     );
     assert_eq!(made, scanned);
+    // Every record that differs between the copies (added, changed or deleted) was counted
+    // among the keys written.
+    let differing = {
+        use std::collections::{BTreeMap, BTreeSet};
+        let before: BTreeMap<_, _> = previous.iter().cloned().collect();
+        let after: BTreeMap<_, _> = scanned.iter().cloned().collect();
+        let keys: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+        keys.into_iter()
+            .filter(|k| before.get(*k) != after.get(*k))
+            .count()
+    };
+    assert!(
+        (1..=changes).contains(&differing),
+        "{changes} keys written, {differing} records differ"
+    );
 
     // A reopened store tracked nothing before its first copy.
     drop(incremental);

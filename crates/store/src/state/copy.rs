@@ -11,11 +11,11 @@
 //! A copy can be read two ways. [`ChangingCopy::records`] scans every changing record in the
 //! tree: at a million events that is ~280 MB of sled reads, ~10 s of CPU on every node at every
 //! snapshot, and it grows with history. [`ChangingCopy::records_since`] instead takes the
-//! records of the previous copy (the previous snapshot file) and re-reads only the keys
-//! written since that copy began, which the store tracks from one copy to the next: the
-//! snapshot then costs a sequential read of the previous file plus the records that changed.
+//! records of the previous copy (the previous snapshot file) and the records written since
+//! that copy began, which the store keeps in memory from one copy to the next: the snapshot
+//! then costs a sequential pass over the previous file, and no read of the tree at all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,11 +37,12 @@ const _: () = {
     }
 };
 
-/// Changed keys tracked between two copies before the store stops tracking them and the next
-/// copy reads every record instead. A snapshot every 100,000 entries changes ~400,000 keys;
-/// this bound keeps a node with snapshots far apart (or none) from growing without limit
-/// (~2M keys of ~50 bytes: ~200 MB with the set's overhead).
-const MAX_TRACKED_CHANGES: usize = 1 << 21;
+/// Bytes of changed records (keys and values) kept between two copies before the store stops
+/// keeping them and the next copy scans every record instead. A 64-writer ingest changes
+/// ~200,000 records of ~140 bytes (~30 MB) per 100,000 entries, the default snapshot interval;
+/// this bound keeps a node whose snapshots are far apart (or never built) from growing without
+/// limit.
+const MAX_TRACKED_BYTES: usize = 256 << 20;
 
 /// Copies begun in this process, so a copy's number names it uniquely, across stores (an
 /// install replaces the store, and a number from the old one must never match the new one).
@@ -70,10 +71,40 @@ pub(super) type CopyHandle = Arc<Mutex<Copies>>;
 pub(super) struct Copies {
     /// The copy in progress, if any.
     active: Option<CopyState>,
-    /// The number of the latest copy and the changing keys written since it began. `None`
-    /// until a copy begins in this store (it was just opened or imported), or after too many
-    /// changes: then the next copy cannot be made from the previous one.
-    changed: Option<(u64, HashSet<Vec<u8>>)>,
+    /// The changing records written since the latest copy began. `None` until a copy begins
+    /// in this store (it was just opened or imported), or after too many changes: then the
+    /// next copy cannot be made from the previous one.
+    changed: Option<Changes>,
+}
+
+/// The changing records written since the copy numbered `since` began, as they are now.
+struct Changes {
+    since: u64,
+    /// Each key's latest value (`None`: deleted).
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Key and value bytes in `values`.
+    bytes: usize,
+}
+
+impl Changes {
+    fn new(since: u64) -> Changes {
+        Changes {
+            since,
+            values: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Records that `k` now holds `v`; false once more than [`MAX_TRACKED_BYTES`] are kept.
+    fn record(&mut self, k: &[u8], v: Option<&[u8]>) -> bool {
+        let added = k.len() + v.map_or(0, <[u8]>::len);
+        let replaced = self
+            .values
+            .insert(k.to_vec(), v.map(<[u8]>::to_vec))
+            .map(|old| k.len() + old.map_or(0, |o| o.len()));
+        self.bytes = (self.bytes + added).saturating_sub(replaced.unwrap_or(0));
+        self.bytes <= MAX_TRACKED_BYTES
+    }
 }
 
 /// What a copy in progress needs from the writes made while it runs.
@@ -94,18 +125,22 @@ struct BeforeImage {
 }
 
 impl Copies {
-    /// Records a write of `k` before it reaches `tree`, so a copy that reads `k` from the
-    /// tree afterwards finds the value it held when the copy began.
-    pub(super) fn note_write(&mut self, tree: &sled::Tree, k: &[u8]) -> Result<(), StoreError> {
+    /// Records a write of `v` to `k` (`None`: a delete) before it reaches `tree`, so a copy
+    /// that reads `k` from the tree afterwards finds the value it held when the copy began,
+    /// and the next copy knows `k` changed.
+    pub(super) fn note_write(
+        &mut self,
+        tree: &sled::Tree,
+        k: &[u8],
+        v: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         if !is_changing(k) {
             return Ok(());
         }
-        if let Some((_, changed)) = &mut self.changed {
-            if changed.len() < MAX_TRACKED_CHANGES {
-                changed.insert(k.to_vec());
-            } else {
-                self.changed = None;
-            }
+        if let Some(changed) = &mut self.changed
+            && !changed.record(k, v)
+        {
+            self.changed = None;
         }
         if let Some(state) = self.active.as_mut()
             && !state.images.contains_key(k)
@@ -137,7 +172,7 @@ pub(super) fn begin(handle: &CopyHandle, tree: &sled::Tree) -> Result<ChangingCo
     }
     copies.active = Some(CopyState::default());
     let number = COPIES_BEGUN.fetch_add(1, Ordering::Relaxed) + 1;
-    let changed_since_previous = copies.changed.replace((number, HashSet::new()));
+    let changed_since_previous = copies.changed.replace(Changes::new(number));
     Ok(ChangingCopy {
         tree: tree.clone(),
         handle: handle.clone(),
@@ -156,8 +191,8 @@ pub struct ChangingCopy {
     tree: sled::Tree,
     handle: CopyHandle,
     number: u64,
-    /// The previous copy's number and the keys written between its beginning and this one's.
-    changed_since_previous: Option<(u64, HashSet<Vec<u8>>)>,
+    /// The records written between the previous copy's beginning and this one's.
+    changed_since_previous: Option<Changes>,
 }
 
 impl ChangingCopy {
@@ -222,52 +257,47 @@ impl ChangingCopy {
         scan.chain(deleted)
     }
 
+    /// How many changing keys were written between the beginning of the copy numbered
+    /// `previous_number` and this one's. `None` when this copy cannot be made from that one
+    /// (see [`ChangingCopy::records_since`]).
+    pub fn changes_since(&self, previous_number: u64) -> Option<usize> {
+        self.changes(previous_number).map(|c| c.values.len())
+    }
+
+    fn changes(&self, previous_number: u64) -> Option<&Changes> {
+        self.changed_since_previous
+            .as_ref()
+            .filter(|c| c.since == previous_number)
+    }
+
     /// The same records as [`ChangingCopy::records`], made from `previous`: every record of
     /// the copy numbered `previous_number` (the copy begun just before this one), in any
     /// order, as that copy reported them. Records whose key was not written since are taken
-    /// from `previous`; the keys written since are read as they were when this copy began,
-    /// in key order, after them. So the work is a pass over `previous` plus the changes, not
-    /// a scan of the whole tree.
+    /// from `previous`; then come the records written since, as they were when this copy
+    /// began, in key order, from memory. So the work is one pass over `previous`, without
+    /// reading the tree.
     ///
-    /// `None` when this store did not track every write since that copy began: it was opened
-    /// or imported since, tracked too many changes, or `previous_number` is not the copy
-    /// just before this one. Read [`ChangingCopy::records`] then.
+    /// `None` when this store did not keep every write since that copy began: it was opened
+    /// or imported since, kept too many changes, or `previous_number` is not the copy just
+    /// before this one. Read [`ChangingCopy::records`] then.
     pub fn records_since<'a>(
         &'a self,
         previous_number: u64,
         previous: impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> + 'a,
     ) -> Option<impl Iterator<Item = Record> + 'a> {
-        let (number, changed) = self.changed_since_previous.as_ref()?;
-        if *number != previous_number {
-            return None;
-        }
+        let changed = &self.changes(previous_number)?.values;
         let unchanged = previous.filter_map(move |r| match r {
-            Ok((k, _)) if changed.contains(&k) => None,
+            Ok((k, _)) if changed.contains_key(&k) => None,
             Ok(kv) => Some(Ok(kv)),
             Err(e) => Some(Err(e.into())),
         });
-        let mut keys: Vec<&Vec<u8>> = changed.iter().collect();
-        keys.sort_unstable();
-        let current = keys.into_iter().filter_map(move |k| {
-            self.value_at_start(k)
-                .transpose()
-                .map(|r| r.map(|v| (k.clone(), v)))
-        });
+        let mut written: Vec<(&Vec<u8>, &Vec<u8>)> = changed
+            .iter()
+            .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+            .collect();
+        written.sort_unstable();
+        let current = written.into_iter().map(|(k, v)| Ok((k.clone(), v.clone())));
         Some(unchanged.chain(current))
-    }
-
-    /// What `k` held when this copy began (`None`: it did not exist).
-    fn value_at_start(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        // Read the tree first, then the recorded images: a write records the image before it
-        // reaches the tree, so a value read here that a write replaced is always found
-        // replaced by its image below.
-        let live = self.tree.get(k)?;
-        let copies = self.handle.lock().map_err(|_| copy_poisoned())?;
-        let state = copies.active.as_ref().ok_or_else(copy_ended)?;
-        Ok(match state.images.get(k) {
-            Some(image) => image.value.clone(),
-            None => live.map(|v| v.to_vec()),
-        })
     }
 }
 
@@ -276,5 +306,31 @@ impl Drop for ChangingCopy {
         if let Ok(mut copies) = self.handle.lock() {
             copies.active = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_count_the_bytes_they_hold_and_refuse_past_the_bound() {
+        let mut changes = Changes::new(1);
+        let value = vec![7u8; 1 << 20];
+        // Rewriting one key many times holds one value, not the sum of every write.
+        for _ in 0..1_000 {
+            assert!(changes.record(b"Mstate", Some(&value)));
+        }
+        assert_eq!(changes.bytes, 6 + value.len());
+        assert!(changes.record(b"Mstate", None));
+        assert_eq!(changes.bytes, 6);
+        // Distinct keys add up until the bound.
+        let mut accepted = 0usize;
+        while changes.record(format!("Mkey{accepted:08}").as_bytes(), Some(&value)) {
+            accepted += 1;
+            assert!(accepted < 1_000, "never refused");
+        }
+        // 6 bytes held already, 12 + 1 MiB per key.
+        assert_eq!(accepted, (MAX_TRACKED_BYTES - 6) / (value.len() + 12));
     }
 }
