@@ -413,10 +413,13 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             };
             let copy_number = copy.number();
             drop(copy);
+            let copied = started.elapsed();
             let path = writer.finish()?;
+            let written = started.elapsed();
             // Most of the map file's dirty pages, synced without the lock, so saving its index
             // below (which must not race an install rebuilding the file) holds it briefly.
             map_file.sync().map_err(io_err)?;
+            let map_synced = started.elapsed();
             let mut inner = this.lock()?;
             if !mark.current() {
                 let _ = fs::remove_file(&path);
@@ -438,6 +441,9 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 bytes = changing.1,
                 kind,
                 locked_ms = locked.as_millis() as u64,
+                copy_ms = (copied - locked).as_millis() as u64,
+                fsync_ms = (written - copied).as_millis() as u64,
+                map_sync_ms = (map_synced - written).as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
             );
