@@ -58,11 +58,10 @@ struct Inner {
     store: LedgerStore,
     last_applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
-    current_snapshot: Option<(SnapshotHeader, PathBuf)>,
-    /// The number of the store copy ([`wasteledger_store::state::ChangingCopy::number`]) the
-    /// current snapshot was built from, so the next build can start from its file; `None` for
-    /// a snapshot installed or found at start-up.
-    snapshot_copy: Option<u64>,
+    /// The snapshot file, and the number of the store copy
+    /// ([`wasteledger_store::state::ChangingCopy::number`]) it was built from, so the next
+    /// build can start from it; `None` for a snapshot installed or found at start-up.
+    current_snapshot: Option<(SnapshotHeader, PathBuf, Option<u64>)>,
 }
 
 /// The ledger state machine (a cheap-clone handle).
@@ -101,8 +100,9 @@ impl LedgerStateMachine {
             }
             None => StoredMembership::default(),
         };
-        let mut current_snapshot = latest_snapshot(&snapshot_dir);
-        if let Some((header, path)) = &current_snapshot
+        let mut current_snapshot =
+            latest_snapshot(&snapshot_dir).map(|(header, path)| (header, path, None));
+        if let Some((header, path, _)) = &current_snapshot
             && header.omitted_below > store.merkle_size()
         {
             // Cannot happen while the store is the one the snapshot was built from; sending it
@@ -121,7 +121,6 @@ impl LedgerStateMachine {
                 last_applied,
                 membership,
                 current_snapshot,
-                snapshot_copy: None,
             })),
             installs: Arc::new(AtomicU64::new(0)),
             db: db.clone(),
@@ -365,8 +364,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 let previous = inner
                     .current_snapshot
                     .as_ref()
-                    .zip(inner.snapshot_copy)
-                    .map(|((_, path), number)| (path.clone(), number));
+                    .and_then(|(_, path, copy)| Some((path.clone(), (*copy)?)));
                 (
                     header,
                     writer,
@@ -380,7 +378,6 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             // From the previous snapshot's file and the records changed since, when the store
             // tracked them; otherwise (the first build since start-up or an install, or a
             // failure reading the previous file) a scan of every changing record.
-            let mut kind = "full";
             let mut incremental = None;
             if let Some((path, number)) = previous {
                 match snapshot_file::SnapshotReader::open(&path) {
@@ -395,11 +392,8 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     ),
                 }
             }
-            let changing = match incremental {
-                Some(Ok(changing)) => {
-                    kind = "incremental";
-                    changing
-                }
+            let (changing, kind) = match incremental {
+                Some(Ok(changing)) => (changing, "incremental"),
                 Some(Err(e)) => {
                     tracing::warn!(
                         error = %e,
@@ -407,9 +401,9 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     );
                     drop(writer);
                     writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
-                    writer.records(copy.records())?
+                    (writer.records(copy.records())?, "full")
                 }
-                None => writer.records(copy.records())?,
+                None => (writer.records(copy.records())?, "full"),
             };
             let copy_number = copy.number();
             drop(copy);
@@ -430,8 +424,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             // Lets a restart skip reading old map records.
             map_file.save_index().map_err(io_err)?;
             remove_other_snapshots(&this.snapshot_dir, &path);
-            inner.current_snapshot = Some((header.clone(), path.clone()));
-            inner.snapshot_copy = Some(copy_number);
+            inner.current_snapshot = Some((header.clone(), path.clone(), Some(copy_number)));
             let snapshot = this.snapshot_file(&inner, &header, path);
             drop(inner);
             tracing::info!(
@@ -663,8 +656,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot installed"
             );
-            inner.current_snapshot = Some((header, kept));
-            inner.snapshot_copy = None;
+            inner.current_snapshot = Some((header, kept, None));
             Ok(())
         })
         .await
@@ -678,7 +670,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Ok(inner
             .current_snapshot
             .as_ref()
-            .map(|(header, path)| Snapshot {
+            .map(|(header, path, _)| Snapshot {
                 meta: header.meta.clone(),
                 snapshot: self.snapshot_file(&inner, header, path.clone()),
             }))
@@ -691,10 +683,10 @@ mod tests {
 
     use openraft::entry::RaftEntry;
     use wasteledger_core::pb::event_body::Kind;
+    use wasteledger_core::sample::{ManifestFlow, SampleNetwork, T0, ids};
 
     use super::*;
     use crate::types::Entry;
-    use wasteledger_core::sample::{ManifestFlow, SampleNetwork, T0, ids};
 
     /// Registrations, then `manifests` creations, as Raft entries from index 1.
     fn entries(net: &SampleNetwork, manifests: u64) -> Vec<Entry> {
