@@ -207,6 +207,20 @@ async fn health_reflection_metrics_and_admin_on_a_three_node_cluster() {
             "{histogram}:\n{text}"
         );
     }
+    // Every Submit the leader answered was pre-checked (six registrations and the forgery);
+    // all but the refused forgery were proposed.
+    let submits = sample_value(
+        &text,
+        "wasteledger_commit_seconds_count",
+        "method=\"/wasteledger.v1.LedgerService/Submit\"",
+    )
+    .unwrap_or(0.0);
+    let prechecks = sample_value(&text, "wasteledger_precheck_seconds_count", "").unwrap_or(0.0);
+    let proposals = sample_value(&text, "wasteledger_propose_seconds_count", "").unwrap_or(0.0);
+    assert!(
+        prechecks >= 7.0 && proposals >= 6.0 && proposals < prechecks,
+        "submits {submits}, prechecks {prechecks}, proposals {proposals}:\n{text}"
+    );
     assert!(
         sample_value(
             &text,

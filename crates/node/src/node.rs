@@ -265,10 +265,14 @@ impl Node {
             return Err(WriteError::NotLeader { leader });
         }
         let sequenced_at = now_ms();
+        let started = Instant::now();
         let precheck = self
             .state_machine
             .with_store(|s| s.check(&signed, sequenced_at).map(|_| ()))
             .map_err(|e| WriteError::Raft(e.to_string()))?;
+        // The two halves of a Submit on the leader, so an operator (or a benchmark) can see
+        // whether time goes to checking the event or to replicating and applying it.
+        metrics::histogram!("wasteledger_precheck_seconds").record(started.elapsed().as_secs_f64());
         if let Err(rejection) = precheck {
             // Refused before proposing: only this (leader) node sees it, so it is counted here.
             metrics::counter!(
@@ -284,11 +288,15 @@ impl Node {
                 message: rejection.to_string(),
             });
         }
-        self.propose(LedgerRequest::Submit {
-            event: signed.encode_to_vec(),
-            sequenced_at,
-        })
-        .await
+        let started = Instant::now();
+        let outcome = self
+            .propose(LedgerRequest::Submit {
+                event: signed.encode_to_vec(),
+                sequenced_at,
+            })
+            .await;
+        metrics::histogram!("wasteledger_propose_seconds").record(started.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Proposes a request and waits for it to be applied.

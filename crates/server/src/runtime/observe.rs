@@ -78,6 +78,16 @@ fn describe() {
         "Submit/SubmitBatch arrival to acknowledgement (committed and applied), on the node that answered"
     );
     describe_histogram!(
+        "wasteledger_precheck_seconds",
+        Unit::Seconds,
+        "On the leader, checking one submitted event (signatures, custody rules) before proposing it"
+    );
+    describe_histogram!(
+        "wasteledger_propose_seconds",
+        Unit::Seconds,
+        "On the leader, one checked event from proposal to its applied result (replication to a quorum, fsyncs, apply)"
+    );
+    describe_histogram!(
         "wasteledger_apply_seconds",
         Unit::Seconds,
         "Time to apply one group of committed entries to the ledger state"
