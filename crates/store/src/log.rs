@@ -236,9 +236,8 @@ impl LogStore {
         if let Some((key, _)) = store.log.first()? {
             let _ = decode_index(&key)?;
         }
-        let mut tail = store.lock();
-        tail.last = store.read_last(&tail)?;
-        drop(tail);
+        let last = store.read_last(purged)?;
+        store.lock().last = last;
         Ok(store)
     }
 
@@ -361,7 +360,7 @@ impl LogStore {
             // From the end backwards: a crash (or an error) part-way leaves a shorter log, never
             // a hole.
             let removed = keys.iter().rev().try_for_each(|key| self.log.remove(key));
-            tail.last = self.read_last(&tail)?;
+            tail.last = self.read_last(tail.purged)?;
             removed?;
         }
         self.db.sync()?;
@@ -411,15 +410,15 @@ impl LogStore {
     /// The first index reads may return: entries at or below the purge point may still be in
     /// the tree until the remover gets to them.
     fn first_visible(&self) -> u64 {
-        self.lock().purged.map_or(0, |p| p.saturating_add(1))
+        self.purged_index().map_or(0, |p| p.saturating_add(1))
     }
 
-    /// Index of the last entry in the tree above the purge point (`tail` is the locked tail).
-    fn read_last(&self, tail: &Tail) -> Result<Option<u64>, StoreError> {
+    /// Index of the last entry in the tree above the purge point `purged`.
+    fn read_last(&self, purged: Option<u64>) -> Result<Option<u64>, StoreError> {
         match self.log.last()? {
             Some((key, _)) => {
                 let last = decode_index(&key)?;
-                Ok(tail.purged.is_none_or(|p| last > p).then_some(last))
+                Ok(purged.is_none_or(|p| last > p).then_some(last))
             }
             None => Ok(None),
         }
