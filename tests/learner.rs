@@ -29,6 +29,7 @@ async fn start(id: u64, dir: &std::path::Path, net: &SampleNetwork) -> Node {
             snapshot_every: 1_000_000,
             keep_logs_after_snapshot: 0,
         },
+        storage: Default::default(),
     })
     .await
     .expect("node starts")

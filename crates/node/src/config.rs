@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use wasteledger_store::DurableOptions;
 
 use crate::node::RaftTimings;
 
@@ -56,7 +57,32 @@ struct RawConfig {
     peers: Vec<RawPeer>,
     #[serde(default)]
     raft: RawRaft,
+    #[serde(default)]
+    storage: RawStorage,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default = "d_cache_mb")]
+    cache_mb: u64,
+}
+
+fn d_cache_mb() -> u64 {
+    DurableOptions::default().cache_capacity / MIB
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            cache_mb: d_cache_mb(),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+/// Below this sled's page cache thrashes on the pages every write touches.
+const MIN_CACHE_MB: u64 = 16;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +192,8 @@ pub struct NodeConfig {
     pub peers: Vec<Peer>,
     /// Raft timings.
     pub timings: RaftTimings,
+    /// Storage tuning (`[storage]`).
+    pub storage: DurableOptions,
 }
 
 impl NodeConfig {
@@ -261,6 +289,16 @@ impl NodeConfig {
                 "must be greater than raft.election_timeout_min_ms".into(),
             ));
         }
+        let cache_mb = raw.storage.cache_mb;
+        if !(MIN_CACHE_MB..=u64::MAX / MIB).contains(&cache_mb) {
+            return Err(invalid(
+                "storage.cache_mb",
+                format!(
+                    "{cache_mb} MiB is out of range: sled's page cache needs at least \
+                     {MIN_CACHE_MB} MiB"
+                ),
+            ));
+        }
         Ok(NodeConfig {
             path: path.to_owned(),
             id: raw.id,
@@ -288,6 +326,9 @@ impl NodeConfig {
                 election_timeout_max_ms: r.election_timeout_max_ms,
                 snapshot_every: r.snapshot_every,
                 keep_logs_after_snapshot: r.keep_logs_after_snapshot,
+            },
+            storage: DurableOptions {
+                cache_capacity: cache_mb * MIB,
             },
         })
     }
@@ -376,5 +417,30 @@ api = "127.0.0.1:7202"
         let allowed = public.replace("admin = ", "admin_public = true\nadmin = ");
         let c = NodeConfig::parse(Path::new("node1.toml"), &allowed).unwrap();
         assert!(c.admin_listen_public);
+    }
+
+    #[test]
+    fn the_page_cache_size_is_in_mib_with_the_store_default_and_a_floor() {
+        let c = NodeConfig::parse(Path::new("node1.toml"), GOOD).unwrap();
+        assert_eq!(c.storage, DurableOptions::default());
+        let sized = format!("{GOOD}\n[storage]\ncache_mb = 64\n");
+        let c = NodeConfig::parse(Path::new("node1.toml"), &sized).unwrap();
+        assert_eq!(c.storage.cache_capacity, 64 * 1024 * 1024);
+        for bad in [
+            "cache_mb = 8",
+            "cache_mb = 18446744073709551615",
+            "cache_gb = 1",
+        ] {
+            let e = NodeConfig::parse(
+                Path::new("node1.toml"),
+                &format!("{GOOD}\n[storage]\n{bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("node1.toml") && e.contains("cache"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wasteledger_core::genesis::Genesis;
 use wasteledger_core::pb;
-use wasteledger_store::{DurableDb, LogStore, StoreError};
+use wasteledger_store::{DurableDb, DurableOptions, LogStore, StoreError};
 
 use crate::history::{HistoryState, HistoryTask};
 use crate::log_storage::LogStorage;
@@ -65,6 +65,8 @@ pub struct NodeOptions {
     pub api_addr: String,
     /// Raft timings.
     pub timings: RaftTimings,
+    /// Storage tuning.
+    pub storage: DurableOptions,
 }
 
 /// Why a node could not start or serve.
@@ -158,7 +160,7 @@ impl Node {
         // Start-up time is an operator-visible figure (a restarted node is out of the quorum
         // until it is back), so each phase's duration is logged.
         let started = Instant::now();
-        let db = DurableDb::open(options.data_dir.join("db"))?;
+        let db = DurableDb::open_with(options.data_dir.join("db"), &options.storage)?;
         let db_opened = started.elapsed();
         let log = LogStorage::new(LogStore::open(db.clone())?);
         let state_machine = LedgerStateMachine::open(

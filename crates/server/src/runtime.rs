@@ -187,6 +187,7 @@ pub async fn run_node(
         raft_listener,
         api_addr: config.api_listen.clone(),
         timings: config.timings.clone(),
+        storage: config.storage.clone(),
     })
     .await?;
     let node = Arc::new(node);
