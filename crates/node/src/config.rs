@@ -81,7 +81,8 @@ impl Default for RawStorage {
 }
 
 const MIB: u64 = 1024 * 1024;
-/// Below this sled's page cache thrashes on the pages every write touches.
+/// Smallest page cache accepted: far above the few pages one write touches, and a smaller
+/// value is more likely a unit mistake (GiB meant) than a choice.
 const MIN_CACHE_MB: u64 = 16;
 
 #[derive(Debug, Deserialize)]
@@ -294,8 +295,8 @@ impl NodeConfig {
             return Err(invalid(
                 "storage.cache_mb",
                 format!(
-                    "{cache_mb} MiB is out of range: sled's page cache needs at least \
-                     {MIN_CACHE_MB} MiB"
+                    "{cache_mb} MiB is out of range: give sled's page cache at least \
+                     {MIN_CACHE_MB} MiB (the value is in MiB, not GiB)"
                 ),
             ));
         }
