@@ -22,5 +22,6 @@ pub mod config;
 pub mod history;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod status;
 pub mod witness;

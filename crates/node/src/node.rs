@@ -19,8 +19,9 @@ use wasteledger_store::{DurableDb, DurableOptions, LogStore, StoreError};
 use crate::history::{HistoryState, HistoryTask};
 use crate::log_storage::LogStorage;
 use crate::network::{Network, raft_service};
+use crate::proposer::Proposer;
 use crate::state_machine::LedgerStateMachine;
-use crate::types::{LedgerRaft, LedgerRequest, LedgerResponse, NodeAddr};
+use crate::types::{LedgerRaft, LedgerRequest, LedgerResponse, NodeAddr, StampedEvent};
 
 /// Raft timings. Defaults are tuned for fsync-bound traffic on a small machine: a heartbeat well
 /// under half the election timeout, and an election timeout long enough that a slow fsync does
@@ -89,7 +90,7 @@ pub enum NodeError {
 }
 
 /// Why a write was not committed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     /// This node is not the leader (or has no valid lease yet); retry at the leader.
     #[error("not the leader; leader is {leader:?}")]
@@ -139,10 +140,27 @@ pub struct Node {
     pub raft_addr: String,
     /// The advertised API address.
     pub api_addr: String,
+    proposer: Proposer,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: Option<oneshot::Sender<()>>,
     db: DurableDb,
     history: HistoryTask,
+}
+
+/// Proposes a request through `raft` and waits for it to be applied.
+pub(crate) async fn propose(
+    raft: &LedgerRaft,
+    request: LedgerRequest,
+) -> Result<LedgerResponse, WriteError> {
+    match raft.client_write(request).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(WriteError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            })
+        }
+        Err(e) => Err(WriteError::Raft(e.to_string())),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -221,9 +239,11 @@ impl Node {
                     },
                 ),
         );
+        let proposer = Proposer::start(raft.clone());
         Ok(Node {
             raft,
             state_machine,
+            proposer,
             raft_addr,
             api_addr: options.api_addr,
             server,
@@ -257,8 +277,9 @@ impl Node {
     }
 
     /// Submits a `SignedEvent` on the leader: stamps the ledger time, pre-checks it (fail fast,
-    /// nothing proposed on a refusal), proposes it, and returns the state machine's answer after
-    /// commit and apply.
+    /// nothing proposed on a refusal), proposes it (grouped with concurrent submissions, see
+    /// [`crate::proposer`]), and returns the state machine's answer to it after commit and
+    /// apply.
     pub async fn submit(&self, signed: pb::SignedEvent) -> Result<LedgerResponse, WriteError> {
         // Only the leader pre-checks: a follower's state may lag behind what was acknowledged,
         // so its verdict could be stale. Followers hand the write to the leader.
@@ -292,7 +313,8 @@ impl Node {
         }
         let started = Instant::now();
         let outcome = self
-            .propose(LedgerRequest::Submit {
+            .proposer
+            .submit(StampedEvent {
                 event: signed.encode_to_vec(),
                 sequenced_at,
             })
@@ -303,15 +325,7 @@ impl Node {
 
     /// Proposes a request and waits for it to be applied.
     pub async fn propose(&self, request: LedgerRequest) -> Result<LedgerResponse, WriteError> {
-        match self.raft.client_write(request).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(WriteError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                })
-            }
-            Err(e) => Err(WriteError::Raft(e.to_string())),
-        }
+        propose(&self.raft, request).await
     }
 
     /// Proposes a node-originated command (a witness cosignature) here if this node leads, or
@@ -467,6 +481,7 @@ impl Node {
 
     /// Stops Raft and the transport server, and syncs storage.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.proposer.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }

@@ -50,6 +50,17 @@ pub fn rejection_key(raft_index: u64) -> Vec<u8> {
     [b"raft/rejection/".as_slice(), &raft_index.to_be_bytes()].concat()
 }
 
+/// Where the refusal of the event in position `slot` of the
+/// [`LedgerRequest::SubmitBatch`] at a Raft log index is recorded, identically on every node.
+pub fn batch_rejection_key(raft_index: u64, slot: usize) -> Vec<u8> {
+    [
+        b"raft/rejection/".as_slice(),
+        &raft_index.to_be_bytes(),
+        &(slot as u32).to_be_bytes(),
+    ]
+    .concat()
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -162,6 +173,52 @@ impl LedgerStateMachine {
         &self.genesis
     }
 
+    /// Decides one submitted event (`event` as the client sent it) and stages the outcome with
+    /// the new last-applied mark; a refusal is recorded under `rejection_key`.
+    fn apply_event(
+        inner: &mut Inner,
+        event: &[u8],
+        sequenced_at: i64,
+        applied: &[u8],
+        rejection_key: &[u8],
+    ) -> io::Result<LedgerResponse> {
+        let meta = [(LAST_APPLIED, applied.to_vec())];
+        let signed = match pb::SignedEvent::decode(event) {
+            Ok(s) => s,
+            Err(e) => {
+                let code = "envelope.malformed";
+                let message = format!("not a wasteledger.v1.SignedEvent: {e}");
+                let record = format!("{code}\n{message}").into_bytes();
+                let [last_applied] = meta;
+                inner
+                    .store
+                    .put_meta(&[last_applied, (rejection_key, record)])
+                    .map_err(io_err)?;
+                return Ok(LedgerResponse::Rejected {
+                    code: code.into(),
+                    kind: wasteledger_core::ledger::RejectionKind::Malformed
+                        .name()
+                        .into(),
+                    message,
+                    duplicate_of: None,
+                });
+            }
+        };
+        match inner
+            .store
+            .apply_recording(&signed, sequenced_at, &meta, Some(rejection_key))
+            .map_err(io_err)?
+        {
+            Ok(receipt) => Ok(LedgerResponse::Accepted {
+                index: receipt.index,
+                event_hash: receipt.event_hash.0,
+                leaf_hash: receipt.leaf_hash.0,
+                tree_size: receipt.tree_size,
+            }),
+            Err(rejection) => Ok(rejected(&rejection)),
+        }
+    }
+
     fn apply_one(
         inner: &mut Inner,
         log_id: LogId,
@@ -190,35 +247,28 @@ impl LedgerStateMachine {
                 event,
                 sequenced_at,
             }) => {
-                let meta = [(LAST_APPLIED, applied)];
-                let signed = match pb::SignedEvent::decode(event.as_slice()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        inner.store.put_meta(&meta).map_err(io_err)?;
-                        return Ok(LedgerResponse::Rejected {
-                            code: "envelope.malformed".into(),
-                            kind: wasteledger_core::ledger::RejectionKind::Malformed
-                                .name()
-                                .into(),
-                            message: format!("not a wasteledger.v1.SignedEvent: {e}"),
-                            duplicate_of: None,
-                        });
-                    }
-                };
-                let rejection_key = rejection_key(log_id.index);
-                match inner
-                    .store
-                    .apply_recording(&signed, sequenced_at, &meta, Some(&rejection_key))
-                    .map_err(io_err)?
-                {
-                    Ok(receipt) => Ok(LedgerResponse::Accepted {
-                        index: receipt.index,
-                        event_hash: receipt.event_hash.0,
-                        leaf_hash: receipt.leaf_hash.0,
-                        tree_size: receipt.tree_size,
-                    }),
-                    Err(rejection) => Ok(rejected(&rejection)),
+                let key = rejection_key(log_id.index);
+                Self::apply_event(inner, &event, sequenced_at, &applied, &key)
+            }
+            EntryPayload::Normal(LedgerRequest::SubmitBatch { events }) => {
+                let mut answers = Vec::with_capacity(events.len());
+                for (slot, stamped) in events.iter().enumerate() {
+                    let key = batch_rejection_key(log_id.index, slot);
+                    answers.push(Self::apply_event(
+                        inner,
+                        &stamped.event,
+                        stamped.sequenced_at,
+                        &applied,
+                        &key,
+                    )?);
                 }
+                if events.is_empty() {
+                    inner
+                        .store
+                        .put_meta(&[(LAST_APPLIED, applied)])
+                        .map_err(io_err)?;
+                }
+                Ok(LedgerResponse::Batch(answers))
             }
             EntryPayload::Normal(LedgerRequest::Cosign {
                 size,
@@ -263,6 +313,7 @@ impl LedgerStateMachine {
 /// deterministic), so the counters agree across the cluster.
 fn count_outcome(response: &LedgerResponse) {
     match response {
+        LedgerResponse::Batch(answers) => answers.iter().for_each(count_outcome),
         LedgerResponse::Accepted { .. } => {
             metrics::counter!("wasteledger_events_accepted_total").increment(1);
         }
@@ -735,6 +786,104 @@ mod tests {
             .collect();
         records.sort();
         records
+    }
+
+    fn stamped(event: &pb::SignedEvent, at: i64) -> crate::types::StampedEvent {
+        crate::types::StampedEvent {
+            event: event.encode_to_vec(),
+            sequenced_at: at,
+        }
+    }
+
+    /// Events grouped in one entry are decided one by one, in order: a malformed or duplicate
+    /// event gets its own refusal (recorded under its slot) and does not affect its
+    /// neighbours, and the ledger ends as it would with one entry per event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_entry_decides_each_event_on_its_own() {
+        let net = SampleNetwork::new().unwrap();
+        let singles = entries(&net, 2);
+        let registrations = net.registrations();
+        let created: Vec<pb::SignedEvent> = singles[registrations.len()..]
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(LedgerRequest::Submit { event, .. }) => {
+                    pb::SignedEvent::decode(event.as_slice()).unwrap()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let (dir, singles_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (grouped, mut one_by_one) = (
+            open(dir.path(), &net.genesis),
+            open(singles_dir.path(), &net.genesis),
+        );
+
+        // Stamped as `entries` stamps them (T0 + the Raft index it uses), so the ledgers can
+        // be compared.
+        let first = LedgerRequest::SubmitBatch {
+            events: (registrations.iter().zip(1..))
+                .map(|(e, i)| stamped(e, T0 + i))
+                .collect(),
+        };
+        let after = T0 + registrations.len() as i64;
+        let mut garbage = stamped(&created[0], after + 1);
+        garbage.event = vec![0xff; 7];
+        let second = LedgerRequest::SubmitBatch {
+            events: vec![
+                stamped(&created[0], after + 1),
+                garbage,
+                stamped(&created[0], after + 1),
+                stamped(&created[1], after + 2),
+            ],
+        };
+        let mut answers = Vec::new();
+        for (index, request) in [(1, first), (2, second)] {
+            let mut inner = grouped.lock().unwrap();
+            let log_id = openraft::testing::log_id::<TypeConfig>(1, 1, index);
+            answers.push(
+                LedgerStateMachine::apply_one(&mut inner, log_id, EntryPayload::Normal(request))
+                    .unwrap(),
+            );
+        }
+        grouped.lock().unwrap().store.commit().unwrap();
+
+        let LedgerResponse::Batch(first) = &answers[0] else {
+            panic!("{:?}", answers[0]);
+        };
+        assert_eq!(first.len(), registrations.len());
+        assert!(
+            first
+                .iter()
+                .all(|a| matches!(a, LedgerResponse::Accepted { .. }))
+        );
+        let LedgerResponse::Batch(second) = &answers[1] else {
+            panic!("{:?}", answers[1]);
+        };
+        let n = registrations.len() as u64;
+        assert!(matches!(second[0], LedgerResponse::Accepted { index, .. } if index == n));
+        assert!(
+            matches!(&second[1], LedgerResponse::Rejected { code, .. } if code == "envelope.malformed")
+        );
+        assert!(matches!(
+            second[2],
+            LedgerResponse::Rejected { duplicate_of: Some(index), .. } if index == n
+        ));
+        assert!(matches!(second[3], LedgerResponse::Accepted { index, .. } if index == n + 1));
+
+        let recorded = |slot| {
+            grouped
+                .with_store(|s| s.rejection(&batch_rejection_key(2, slot)).unwrap())
+                .unwrap()
+        };
+        assert_eq!(recorded(0), None);
+        assert_eq!(recorded(1).unwrap().0, "envelope.malformed");
+        assert!(recorded(2).is_some());
+        assert_eq!(recorded(3), None);
+
+        apply(&mut one_by_one, &singles).await;
+        let head =
+            |sm: &LedgerStateMachine| sm.with_store(|s| (s.merkle_size(), s.roots())).unwrap();
+        assert_eq!(head(&grouped), head(&one_by_one));
     }
 
     /// A previous snapshot file that fails its checksum half-way through the pass over it does

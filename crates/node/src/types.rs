@@ -12,12 +12,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerRequest {
     /// A client's signed event (an encoded `wasteledger.v1.SignedEvent`), stamped by the leader
-    /// with its ledger time. Every node decides it again in `apply`.
+    /// with its ledger time. Every node decides it again in `apply`. Leaders now propose
+    /// [`LedgerRequest::SubmitBatch`]; this form stays so logs and snapshots' tails written
+    /// before batching still apply.
     Submit {
         /// Encoded `SignedEvent`, exactly as received.
         event: Vec<u8>,
         /// Leader's time in ms since the epoch; the state machine keeps it non-decreasing.
         sequenced_at: i64,
+    },
+    /// Several clients' signed events in one Raft entry, decided in order (see
+    /// [`crate::proposer`]). Each is decided on its own: one refusal does not affect the others.
+    SubmitBatch {
+        /// The events, in the order the leader received them.
+        events: Vec<StampedEvent>,
     },
     /// A witness cosignature of a checkpoint, replicated so every node holds it.
     Cosign {
@@ -45,9 +53,23 @@ impl fmt::Display for LedgerRequest {
             } => {
                 write!(f, "submit({} bytes @ {sequenced_at})", event.len())
             }
+            LedgerRequest::SubmitBatch { events } => {
+                let bytes: usize = events.iter().map(|e| e.event.len()).sum();
+                write!(f, "submit-batch({} events, {bytes} bytes)", events.len())
+            }
             LedgerRequest::Cosign { size, witness, .. } => write!(f, "cosign({size} by {witness})"),
         }
     }
+}
+
+/// One client's signed event as the leader proposes it: the bytes exactly as received and the
+/// leader's time stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StampedEvent {
+    /// Encoded `SignedEvent`, exactly as received.
+    pub event: Vec<u8>,
+    /// Leader's time in ms since the epoch; the state machine keeps it non-decreasing.
+    pub sequenced_at: i64,
 }
 
 /// The state machine's answer to one log entry.
@@ -89,6 +111,8 @@ pub enum LedgerResponse {
     },
     /// A blank or membership entry: nothing to report.
     Empty,
+    /// The answers to a [`LedgerRequest::SubmitBatch`], one per event, in its order.
+    Batch(Vec<LedgerResponse>),
 }
 
 /// How to reach a node.
