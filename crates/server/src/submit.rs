@@ -139,6 +139,7 @@ impl LedgerApi {
                     .submit(call.forward(Request::new(event)))
                     .await
                     .map(|r| r.into_inner())
+                    .map_err(|s| forwarding_failed(s, &leader))
             }
             Outcome::NotLeader(leader) => Err(no_leader(leader)),
         }
@@ -173,7 +174,8 @@ impl LedgerApi {
                     return client
                         .submit_batch(call.forward(Request::new(batch)))
                         .await
-                        .map(|r| r.into_inner());
+                        .map(|r| r.into_inner())
+                        .map_err(|s| forwarding_failed(s, &leader));
                 }
                 Ok(Outcome::NotLeader(leader)) => {
                     // Leadership moved mid-batch: this item and the rest are not decided.
@@ -220,6 +222,32 @@ impl CallInfo {
     }
 }
 
+/// A forwarded write's failure as this node's caller should see it. The leader's own
+/// refusals carry a reason (`REASON_KEY`) and pass through unchanged, as do codes a broken
+/// call does not produce. The rest is the call itself failing — the leader died or restarted mid-call, and the client library reports
+/// that as `Unknown` ("transport error") or `Cancelled` — so the write may or may not have
+/// been committed: that is `Unavailable`, with the way out.
+fn forwarding_failed(failure: Status, leader: &str) -> Status {
+    use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable, Unknown};
+    let call_failed = matches!(
+        failure.code(),
+        Unknown | Cancelled | Unavailable | DeadlineExceeded
+    );
+    if !call_failed || failure.metadata().contains_key(crate::REASON_KEY) {
+        return failure;
+    }
+    status(
+        tonic::Code::Unavailable,
+        "cluster.leader_unreachable",
+        format!(
+            "the leader at {leader} stopped answering mid-call ({}: {}); the outcome is \
+             unknown: resubmit the same signed event (it is idempotent)",
+            failure.code(),
+            failure.message()
+        ),
+    )
+}
+
 fn no_leader(leader: Option<String>) -> Status {
     let mut s = status(
         tonic::Code::Unavailable,
@@ -244,5 +272,50 @@ fn submit_error(s: &Status) -> pb::SubmitError {
             .unwrap_or("unknown")
             .to_owned(),
         message: s.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn reason(s: &Status) -> Option<&str> {
+        s.metadata()
+            .get(crate::REASON_KEY)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// A forwarded call cut by the leader's death says "unavailable, resubmit"; the leader's
+    /// own answers, and codes a cut call does not produce, reach the client unchanged.
+    #[test]
+    fn a_forwarded_call_that_breaks_is_unavailable_and_says_to_resubmit() {
+        for cut in [
+            Status::unknown("transport error"),
+            Status::cancelled("operation was canceled"),
+            Status::unavailable("connection reset"),
+        ] {
+            let seen = forwarding_failed(cut, "127.0.0.1:7001");
+            assert_eq!(seen.code(), tonic::Code::Unavailable);
+            assert_eq!(reason(&seen), Some("cluster.leader_unreachable"));
+            assert!(
+                seen.message().contains("127.0.0.1:7001"),
+                "{}",
+                seen.message()
+            );
+            assert!(seen.message().contains("resubmit"), "{}", seen.message());
+        }
+        let refused = status(
+            tonic::Code::Unavailable,
+            "cluster.raft",
+            "the outcome is unknown",
+        );
+        let seen = forwarding_failed(refused, "127.0.0.1:7001");
+        assert_eq!(reason(&seen), Some("cluster.raft"));
+        let too_big = Status::resource_exhausted("message too large");
+        let seen = forwarding_failed(too_big, "127.0.0.1:7001");
+        assert_eq!(seen.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(reason(&seen), None);
     }
 }
