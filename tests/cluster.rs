@@ -277,6 +277,143 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_event() {
     assert!(head.size >= 6 + acknowledged.len() as u64);
 }
 
+/// Submits `events` from `writers` concurrent tasks, each to node `targets[task % len]`, and
+/// returns what was acknowledged. `acked` counts acknowledgements as they arrive. Only
+/// `Unavailable` (the outcome of a write in flight at a kill) may refuse a write.
+async fn submit_concurrently(
+    cluster: &std::sync::Arc<Cluster>,
+    events: Vec<(String, pb::SignedEvent)>,
+    writers: usize,
+    targets: &[u64],
+    acked: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<(String, pb::Receipt)> {
+    let mut shares: Vec<Vec<(String, pb::SignedEvent)>> = vec![Vec::new(); writers];
+    for (i, event) in events.into_iter().enumerate() {
+        shares[i % writers].push(event);
+    }
+    let mut tasks = Vec::new();
+    for (task, share) in shares.into_iter().enumerate() {
+        let (cluster, acked) = (cluster.clone(), acked.clone());
+        let target = targets[task % targets.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for (number, event) in share {
+                match cluster.submit(target, &event, LONG).await {
+                    Ok(receipt) => {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        acknowledged.push((number, receipt));
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}")
+                    }
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("writer task"));
+    }
+    all
+}
+
+/// Concurrent writers make the leader propose several events per Raft entry. Each writer
+/// still gets its own receipt for its own event; killing the leader while groups are in
+/// flight loses none that was acknowledged, and every node ends with the same ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_writes_keep_every_receipt_through_a_leader_kill() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let cluster = Cluster::start(Path::new(BIN), 3);
+    register_parties(&cluster, &[1]).await;
+    let leader = cluster.head(1).await.expect("head").leader_id;
+    assert!(leader > 0);
+    let survivors: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let (before, during): (Vec<_>, Vec<_>) = (1..=192u32)
+        .map(|serial| create_event(&cluster, serial))
+        .partition(|(number, _)| number.ends_with(|c: char| c < '5'));
+    let cluster = Arc::new(cluster);
+
+    // With the leader up, every event is acknowledged, each with its own distinct entry.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let first = submit_concurrently(&cluster, before.clone(), 16, &[leader], &acked).await;
+    assert_eq!(first.len(), before.len());
+    let mut indexes: Vec<u64> = first.iter().map(|(_, r)| r.index).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), first.len(), "one ledger entry per receipt");
+    for (number, receipt) in &first {
+        let (_, event) = before.iter().find(|(n, _)| n == number).expect("submitted");
+        let hash =
+            wasteledger_core::envelope::event_hash(&cluster.net.genesis.ledger_id, &event.body);
+        assert_eq!(
+            receipt.event_hash,
+            hash.0.to_vec(),
+            "{number}'s own receipt"
+        );
+    }
+    let metrics = cluster.metrics(leader).await.expect("leader metrics");
+    let grouped =
+        wasteledger_tests::cluster::sample_value(&metrics, "wasteledger_group_events_sum", "")
+            .expect("group sizes");
+    let groups =
+        wasteledger_tests::cluster::sample_value(&metrics, "wasteledger_group_events_count", "")
+            .expect("group count");
+    assert!(
+        grouped > groups,
+        "16 concurrent writers should share entries: {grouped} events in {groups} groups"
+    );
+
+    // Kill the leader (SIGKILL) while writers, through the survivors, have groups in flight.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers = {
+        let (cluster, acked, survivors) = (cluster.clone(), acked.clone(), survivors.clone());
+        tokio::spawn(
+            async move { submit_concurrently(&cluster, during, 16, &survivors, &acked).await },
+        )
+    };
+    for _ in 0..1000 {
+        if acked.load(Ordering::SeqCst) >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = cluster.pid(leader).expect("leader runs");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let second = writers.await.expect("writers");
+    assert!(
+        second.len() >= 48,
+        "the survivors kept accepting writes ({} acknowledged)",
+        second.len()
+    );
+
+    let mut cluster = Arc::into_inner(cluster).expect("the writers are done");
+    cluster.kill(leader);
+    cluster.start_node(leader);
+    let acknowledged: Vec<_> = first.iter().chain(&second).collect();
+    cluster
+        .converged(&[1, 2, 3], 6 + acknowledged.len() as u64, LONG)
+        .await
+        .expect("all nodes agree after the restart");
+    for node in 1..=3 {
+        for (number, receipt) in &acknowledged {
+            let state = manifest_on(&cluster, node, number)
+                .await
+                .unwrap_or_else(|| panic!("node {node} lost acknowledged manifest {number}"));
+            assert_eq!(
+                state.head, receipt.event_hash,
+                "node {node} manifest {number}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_commit_without_quorum_and_tampered_node_refuses_to_serve() {
     let mut cluster = Cluster::start(Path::new(BIN), 3);
