@@ -414,6 +414,57 @@ async fn grouped_writes_keep_every_receipt_through_a_leader_kill() {
     }
 }
 
+/// Grouped writes put many events in one Raft entry, so a node must not wait for
+/// `snapshot_every` Raft entries alone: it snapshots (and purges its log) once the ledger has
+/// grown by `snapshot_every` events too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_ledger_snapshots_by_events_not_only_by_raft_entries() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use wasteledger_tests::cluster::sample_value;
+
+    const EVERY: u64 = 200;
+    let raft = format!(
+        "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\nsnapshot_every = {EVERY}\nkeep_logs_after_snapshot = 10\n"
+    );
+    let cluster = Arc::new(Cluster::start_with_raft(Path::new(BIN), 3, &raft));
+    register_parties(&cluster, &[1]).await;
+    let leader = cluster.head(1).await.expect("head").leader_id;
+    let events: Vec<_> = (1..=2 * EVERY as u32)
+        .map(|serial| create_event(&cluster, serial))
+        .collect();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let receipts = submit_concurrently(&cluster, events, 32, &[leader], &acked).await;
+    assert_eq!(receipts.len(), 2 * EVERY as usize);
+
+    let snapshots = |node: u64| {
+        std::fs::read_dir(cluster.specs[&node].data_dir.join("snapshots"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for node in 1..=3 {
+        let mut waited = 0;
+        while snapshots(node) == 0 && waited < 300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        assert!(snapshots(node) > 0, "node {node} took no snapshot");
+        // Fewer Raft entries than `snapshot_every` so far: the snapshot came from counting
+        // ledger events, not openraft's count of entries.
+        let metrics = cluster.metrics(node).await.expect("metrics");
+        let applied = sample_value(&metrics, "wasteledger_raft_last_applied", "").expect("gauge");
+        assert!(
+            applied < EVERY as f64,
+            "node {node}: {applied} Raft entries; the test needs fewer than {EVERY}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_commit_without_quorum_and_tampered_node_refuses_to_serve() {
     let mut cluster = Cluster::start(Path::new(BIN), 3);

@@ -16,6 +16,7 @@ pub mod raft_pb {
 }
 
 pub mod snapshot_file;
+pub mod snapshot_trigger;
 pub mod state_machine;
 
 pub mod config;

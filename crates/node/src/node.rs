@@ -20,6 +20,7 @@ use crate::history::{HistoryState, HistoryTask};
 use crate::log_storage::LogStorage;
 use crate::network::{Network, raft_service};
 use crate::proposer::Proposer;
+use crate::snapshot_trigger::SnapshotTrigger;
 use crate::state_machine::LedgerStateMachine;
 use crate::types::{LedgerRaft, LedgerRequest, LedgerResponse, NodeAddr, StampedEvent};
 
@@ -34,7 +35,8 @@ pub struct RaftTimings {
     pub election_timeout_min_ms: u64,
     /// Maximum election timeout (ms).
     pub election_timeout_max_ms: u64,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after this many Raft log entries or this many ledger entries
+    /// (events), whichever comes first (see [`crate::snapshot_trigger`]).
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, for followers slightly behind.
     pub keep_logs_after_snapshot: u64,
@@ -141,6 +143,7 @@ pub struct Node {
     /// The advertised API address.
     pub api_addr: String,
     proposer: Proposer,
+    _snapshot_trigger: SnapshotTrigger,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: Option<oneshot::Sender<()>>,
     db: DurableDb,
@@ -240,10 +243,13 @@ impl Node {
                 ),
         );
         let proposer = Proposer::start(raft.clone());
+        let snapshot_trigger =
+            SnapshotTrigger::start(raft.clone(), state_machine.clone(), t.snapshot_every);
         Ok(Node {
             raft,
             state_machine,
             proposer,
+            _snapshot_trigger: snapshot_trigger,
             raft_addr,
             api_addr: options.api_addr,
             server,
