@@ -57,6 +57,32 @@ async fn manifest_on(cluster: &Cluster, node: u64, number: &str) -> Option<pb::M
         .and_then(|r| r.into_inner().state)
 }
 
+/// Waits until nodes 1–3 agree on a ledger holding the six registrations and every
+/// `acknowledged` creation, then checks each node has each manifest at its receipt's event;
+/// returns the agreed head.
+async fn every_node_holds<'a>(
+    cluster: &Cluster,
+    acknowledged: impl Iterator<Item = &'a (String, pb::Receipt)>,
+) -> pb::LedgerHead {
+    let acknowledged: Vec<_> = acknowledged.collect();
+    let head = cluster
+        .converged(&[1, 2, 3], 6 + acknowledged.len() as u64, LONG)
+        .await
+        .expect("all nodes agree after the restart");
+    for node in 1..=3 {
+        for (number, receipt) in &acknowledged {
+            let state = manifest_on(cluster, node, number)
+                .await
+                .unwrap_or_else(|| panic!("node {node} lost acknowledged manifest {number}"));
+            assert_eq!(
+                state.head, receipt.event_hash,
+                "node {node} manifest {number}"
+            );
+        }
+    }
+    head
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicates_through_any_node_and_survives_a_full_restart() {
     let mut cluster = Cluster::start(Path::new(BIN), 3);
@@ -259,21 +285,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_event() {
         acknowledged.len()
     );
     cluster.start_node(leader);
-    let head = cluster
-        .converged(&[1, 2, 3], 6 + acknowledged.len() as u64, LONG)
-        .await
-        .expect("all nodes agree after the restart");
-    for node in 1..=3 {
-        for (number, receipt) in &acknowledged {
-            let state = manifest_on(&cluster, node, number)
-                .await
-                .unwrap_or_else(|| panic!("node {node} lost acknowledged manifest {number}"));
-            assert_eq!(
-                state.head, receipt.event_hash,
-                "node {node} manifest {number}"
-            );
-        }
-    }
+    let head = every_node_holds(&cluster, acknowledged.iter()).await;
     assert!(head.size >= 6 + acknowledged.len() as u64);
 }
 
@@ -396,22 +408,7 @@ async fn grouped_writes_keep_every_receipt_through_a_leader_kill() {
     let mut cluster = Arc::into_inner(cluster).expect("the writers are done");
     cluster.kill(leader);
     cluster.start_node(leader);
-    let acknowledged: Vec<_> = first.iter().chain(&second).collect();
-    cluster
-        .converged(&[1, 2, 3], 6 + acknowledged.len() as u64, LONG)
-        .await
-        .expect("all nodes agree after the restart");
-    for node in 1..=3 {
-        for (number, receipt) in &acknowledged {
-            let state = manifest_on(&cluster, node, number)
-                .await
-                .unwrap_or_else(|| panic!("node {node} lost acknowledged manifest {number}"));
-            assert_eq!(
-                state.head, receipt.event_hash,
-                "node {node} manifest {number}"
-            );
-        }
-    }
+    every_node_holds(&cluster, first.iter().chain(&second)).await;
 }
 
 /// Grouped writes put many events in one Raft entry, so a node must not wait for
