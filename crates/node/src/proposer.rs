@@ -76,7 +76,7 @@ impl Proposer {
     /// Proposes `event` (in a group with whatever else is waiting) and returns its own answer
     /// once applied on this node.
     pub async fn submit(&self, event: StampedEvent) -> Result<LedgerResponse, WriteError> {
-        if encoded_cost(&event) + ENTRY_OVERHEAD > MAX_ENTRY_BYTES {
+        if !fits(0, encoded_cost(&event)) {
             // The API's size limits keep events far below this; refuse rather than let the
             // log refuse a whole group.
             return Err(WriteError::Rejected {

@@ -54,9 +54,8 @@ pub fn rejection_key(raft_index: u64) -> Vec<u8> {
 /// [`LedgerRequest::SubmitBatch`] at a Raft log index is recorded, identically on every node.
 pub fn batch_rejection_key(raft_index: u64, slot: usize) -> Vec<u8> {
     [
-        b"raft/rejection/".as_slice(),
-        &raft_index.to_be_bytes(),
-        &(slot as u32).to_be_bytes(),
+        rejection_key(raft_index),
+        (slot as u32).to_be_bytes().to_vec(),
     ]
     .concat()
 }
@@ -174,25 +173,24 @@ impl LedgerStateMachine {
     }
 
     /// Decides one submitted event (`event` as the client sent it) and stages the outcome with
-    /// the new last-applied mark; a refusal is recorded under `rejection_key`.
+    /// `meta` (the new last-applied mark, when the caller has not staged it); a refusal is
+    /// recorded under `rejection_key`.
     fn apply_event(
         inner: &mut Inner,
         event: &[u8],
         sequenced_at: i64,
-        applied: &[u8],
+        meta: &[(&[u8], Vec<u8>)],
         rejection_key: &[u8],
     ) -> io::Result<LedgerResponse> {
-        let meta = [(LAST_APPLIED, applied.to_vec())];
         let signed = match pb::SignedEvent::decode(event) {
             Ok(s) => s,
             Err(e) => {
                 let code = "envelope.malformed";
                 let message = format!("not a wasteledger.v1.SignedEvent: {e}");
-                let record = format!("{code}\n{message}").into_bytes();
-                let [last_applied] = meta;
+                inner.store.put_meta(meta).map_err(io_err)?;
                 inner
                     .store
-                    .put_meta(&[last_applied, (rejection_key, record)])
+                    .put_rejection(rejection_key, code, &message)
                     .map_err(io_err)?;
                 return Ok(LedgerResponse::Rejected {
                     code: code.into(),
@@ -206,7 +204,7 @@ impl LedgerStateMachine {
         };
         match inner
             .store
-            .apply_recording(&signed, sequenced_at, &meta, Some(rejection_key))
+            .apply_recording(&signed, sequenced_at, meta, Some(rejection_key))
             .map_err(io_err)?
         {
             Ok(receipt) => Ok(LedgerResponse::Accepted {
@@ -248,9 +246,15 @@ impl LedgerStateMachine {
                 sequenced_at,
             }) => {
                 let key = rejection_key(log_id.index);
-                Self::apply_event(inner, &event, sequenced_at, &applied, &key)
+                let meta = [(LAST_APPLIED, applied)];
+                Self::apply_event(inner, &event, sequenced_at, &meta, &key)
             }
             EntryPayload::Normal(LedgerRequest::SubmitBatch { events }) => {
+                // Last-applied once for the entry, not once per event.
+                inner
+                    .store
+                    .put_meta(&[(LAST_APPLIED, applied)])
+                    .map_err(io_err)?;
                 let mut answers = Vec::with_capacity(events.len());
                 for (slot, stamped) in events.iter().enumerate() {
                     let key = batch_rejection_key(log_id.index, slot);
@@ -258,15 +262,9 @@ impl LedgerStateMachine {
                         inner,
                         &stamped.event,
                         stamped.sequenced_at,
-                        &applied,
+                        &[],
                         &key,
                     )?);
-                }
-                if events.is_empty() {
-                    inner
-                        .store
-                        .put_meta(&[(LAST_APPLIED, applied)])
-                        .map_err(io_err)?;
                 }
                 Ok(LedgerResponse::Batch(answers))
             }

@@ -440,13 +440,10 @@ impl LedgerStore {
         let decision = match evaluate(&self.genesis, self, signed, sequenced_at) {
             Ok(d) => d,
             Err(rejection) => {
-                let record;
-                let mut all: Vec<(&[u8], Vec<u8>)> = meta.to_vec();
+                self.put_meta(meta)?;
                 if let Some(k) = rejection_key {
-                    record = format!("{}\n{}", rejection.code(), rejection).into_bytes();
-                    all.push((k, record));
+                    self.put_rejection(k, rejection.code(), &rejection.to_string())?;
                 }
-                self.put_meta(&all)?;
                 return Ok(Err(rejection));
             }
         };
@@ -648,6 +645,18 @@ impl LedgerStore {
             self.stage(key(USER, k), v.clone());
         }
         Ok(())
+    }
+
+    /// Stages the record of a refusal, `code` and `message`, under the caller key
+    /// `rejection_key` (read back by [`LedgerStore::rejection`]); it reaches disk with the
+    /// next [`LedgerStore::commit`].
+    pub fn put_rejection(
+        &self,
+        rejection_key: &[u8],
+        code: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.put_meta(&[(rejection_key, format!("{code}\n{message}").into_bytes())])
     }
 
     /// A recorded rejection: `(code, message)`.
