@@ -70,7 +70,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -212,9 +212,17 @@ struct Engine {
     syncs: AtomicU64,
     requests: AtomicU64,
     callback_panics: AtomicU64,
+    /// The origin of [`sync_started_us`](Self::sync_started_us).
+    opened: Instant,
+    /// When the sync in progress started, in µs since `opened` plus one; 0 while none runs.
+    /// Read without the sync lock by [`SyncProbe`], which is how a stuck sync is noticed.
+    sync_started_us: AtomicU64,
     /// Test hook: make the next sync fail as if fdatasync had returned EIO.
     #[cfg(test)]
     fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Test hook: make the next sync take this many milliseconds longer.
+    #[cfg(test)]
+    delay_next_sync_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -357,8 +365,12 @@ impl DurableDb {
             syncs: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             callback_panics: AtomicU64::new(0),
+            opened: Instant::now(),
+            sync_started_us: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            delay_next_sync_ms: AtomicU64::new(0),
         });
         // The first sync fsyncs the directory (no previous entry list) and any blob files left
         // by an earlier run.
@@ -471,6 +483,50 @@ impl DurableDb {
         }
     }
 
+    /// A handle that tells how long the sync in progress has been running, without keeping
+    /// the database open.
+    pub fn sync_probe(&self) -> SyncProbe {
+        SyncProbe {
+            engine: Arc::downgrade(&self.inner.engine),
+        }
+    }
+
+    /// Starts a thread that calls `on_stall` once if a sync runs for longer than `limit`.
+    ///
+    /// Why: every acknowledged write waits for a sync, so a sync that never returns (sled 0.34
+    /// was seen waiting forever inside its `flush`, BENCHMARKS.md, ninth pass) leaves the node
+    /// alive, holding its locks and answering nothing, with no error anywhere. The owner of the
+    /// process decides what to do; the node's binary logs and exits so that its supervisor
+    /// restarts it, which is how sled recovers. Nothing can be shut down gracefully at that
+    /// point: a shutdown would wait for the stuck sync too.
+    ///
+    /// The thread checks a few times per `limit` (at least once a second) and ends, without
+    /// calling `on_stall`, once the database is closed.
+    pub fn spawn_stall_watchdog(
+        &self,
+        limit: Duration,
+        on_stall: impl FnOnce(Duration) + Send + 'static,
+    ) -> io::Result<()> {
+        let probe = self.sync_probe();
+        let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let _detached = thread::Builder::new()
+            .name("wl-store-watchdog".to_owned())
+            .spawn(move || {
+                loop {
+                    thread::sleep(every);
+                    match probe.sync_running_for() {
+                        Err(Closed) => return,
+                        Ok(Some(running)) if running > limit => {
+                            on_stall(running);
+                            return;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
     /// Test hook: the next sync fails with EIO.
     #[cfg(test)]
     pub(crate) fn fail_next_sync(&self) {
@@ -480,10 +536,47 @@ impl DurableDb {
             .store(true, Ordering::SeqCst);
     }
 
+    /// Test hook: the next sync takes `ms` milliseconds longer.
+    #[cfg(test)]
+    pub(crate) fn delay_next_sync(&self, ms: u64) {
+        self.inner
+            .engine
+            .delay_next_sync_ms
+            .store(ms, Ordering::SeqCst);
+    }
+
     /// Test hook: hold the sync lock so that requests pile up behind a sync.
     #[cfg(test)]
     pub(crate) fn hold_sync_lock(&self) -> impl Sized + '_ {
         lock(&self.inner.engine.sync_state)
+    }
+}
+
+/// Watches a [`DurableDb`]'s syncs from outside ([`DurableDb::sync_probe`]); it does not keep
+/// the database open.
+#[derive(Clone)]
+pub struct SyncProbe {
+    engine: Weak<Engine>,
+}
+
+impl std::fmt::Debug for SyncProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncProbe")
+            .field("open", &(self.engine.strong_count() > 0))
+            .finish()
+    }
+}
+
+/// The database a [`SyncProbe`] watches has been closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+impl SyncProbe {
+    /// How long the sync in progress has been running (`None`: no sync is running), or
+    /// [`Closed`] once the database is gone.
+    pub fn sync_running_for(&self) -> Result<Option<Duration>, Closed> {
+        let engine = self.engine.upgrade().ok_or(Closed)?;
+        Ok(engine.sync_running_for())
     }
 }
 
@@ -519,8 +612,11 @@ impl Engine {
                 ),
             )),
             None => {
-                let started = std::time::Instant::now();
+                let started = Instant::now();
+                self.sync_started_us
+                    .store(self.micros_since_open(started) + 1, Ordering::Release);
                 let result = self.sync_locked(&mut state);
+                self.sync_started_us.store(0, Ordering::Release);
                 // One group commit's flush + fdatasync: the floor under every write's latency.
                 metrics::histogram!("wasteledger_fsync_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -532,6 +628,21 @@ impl Engine {
         };
         let _ = self.syncs.fetch_add(1, Ordering::Relaxed);
         result
+    }
+
+    fn micros_since_open(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.opened).as_micros()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// How long the sync in progress has been running, if one is.
+    fn sync_running_for(&self) -> Option<Duration> {
+        match self.sync_started_us.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(Duration::from_micros(
+                self.micros_since_open(Instant::now())
+                    .saturating_sub(started - 1),
+            )),
+        }
     }
 
     /// Makes every later sync fail with `error`'s description.
@@ -547,6 +658,10 @@ impl Engine {
         if self.fail_next_sync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
+        #[cfg(test)]
+        thread::sleep(Duration::from_millis(
+            self.delay_next_sync_ms.swap(0, Ordering::SeqCst),
+        ));
         // Everything sled reserved in its log before this call is written to the data file
         // (pwrite + sync_file_range): in the page cache, maybe in the device cache.
         {
@@ -999,5 +1114,68 @@ mod tests {
         let (_, r) = rx.recv_timeout(WAIT).expect("callback");
         assert!(r.is_err());
         lock(&db.inner.queue.state).stopped = false;
+    }
+
+    #[test]
+    fn the_probe_sees_a_sync_while_it_runs_and_the_database_close() {
+        let (_dir, db) = open();
+        let probe = db.sync_probe();
+        assert_eq!(probe.sync_running_for(), Ok(None));
+        db.delay_next_sync(300);
+        let rx = request_n(&db, 1);
+        let mut seen = None;
+        for _ in 0..200 {
+            if let Ok(Some(running)) = probe.sync_running_for() {
+                seen = Some(running);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(seen.is_some(), "the delayed sync was never seen running");
+        let (_, r) = rx.recv_timeout(WAIT).expect("callback");
+        r.expect("the delayed sync succeeds");
+        assert_eq!(probe.sync_running_for(), Ok(None));
+        drop(db);
+        assert_eq!(probe.sync_running_for(), Err(Closed));
+    }
+
+    #[test]
+    fn the_watchdog_reports_a_sync_that_runs_too_long() {
+        let (_dir, db) = open();
+        let (tx, stalls) = mpsc::channel();
+        db.spawn_stall_watchdog(Duration::from_millis(100), move |running| {
+            let _ = tx.send(running);
+        })
+        .expect("watchdog");
+        db.delay_next_sync(1_000);
+        let rx = request_n(&db, 1);
+        let running = stalls.recv_timeout(WAIT).expect("the stall is reported");
+        assert!(running > Duration::from_millis(100), "{running:?}");
+        let (_, r) = rx.recv_timeout(WAIT).expect("callback");
+        r.expect("the slow sync still succeeds");
+        // Reported once: the watchdog is done.
+        assert!(stalls.recv_timeout(Duration::from_millis(300)).is_err());
+    }
+
+    #[test]
+    fn the_watchdog_stays_quiet_while_syncs_are_quick_and_ends_with_the_database() {
+        let (_dir, db) = open();
+        let (tx, stalls) = mpsc::channel();
+        db.spawn_stall_watchdog(Duration::from_millis(500), move |running| {
+            let _ = tx.send(running);
+        })
+        .expect("watchdog");
+        for _ in 0..20 {
+            db.sync().expect("sync");
+        }
+        db.delay_next_sync(100);
+        db.sync().expect("a slow sync under the limit");
+        assert!(stalls.recv_timeout(Duration::from_millis(700)).is_err());
+        drop(db);
+        // The thread ends without reporting, dropping its end of the channel.
+        assert_eq!(
+            stalls.recv_timeout(WAIT),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
     }
 }

@@ -25,7 +25,7 @@ pub mod state;
 
 pub use durable::{
     DurableDb, DurableOptions, DurableTree, MAX_KEY_BYTES, MAX_VALUE_BYTES, SEGMENT_SIZE,
-    SLED_BLOB_THRESHOLD, SyncStats, WriteBatch, check_sizes,
+    SLED_BLOB_THRESHOLD, SyncProbe, SyncStats, WriteBatch, check_sizes,
 };
 pub use error::StoreError;
 pub use log::LogStore;
