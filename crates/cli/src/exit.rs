@@ -2,7 +2,7 @@
 //!
 //! The code tells a script what kind of failure it was without parsing text:
 //! 0 ok, 1 a check failed (a proof did not verify), 2 usage or bad input, 3 the server was
-//! unreachable or refused.
+//! unreachable or refused, 4 a node's storage stalled.
 
 use wasteledger_client::remote::RemoteError;
 
@@ -13,12 +13,17 @@ pub(crate) const USAGE: u8 = 2;
 /// The node was unreachable or refused the request (or a node failed at run time).
 pub(crate) const REMOTE: u8 = 3;
 
+/// `wasteledger node` only: the node's storage stopped making progress and the process exited
+/// so that its supervisor restarts it (`storage.stall_timeout_s`).
+pub(crate) const STORAGE_STALLED: u8 = 4;
+
 /// The text `--help` shows about exit codes.
 pub(crate) const EXIT_CODES_HELP: &str = "Exit codes:
   0  success
   1  a check failed (e.g. `proof verify` found the proof invalid)
   2  usage error or bad input (missing or malformed file, invalid manifest, wrong key)
   3  the node is unreachable or refused the request (the reason code is printed)
+  4  `node`: its storage stalled (a sync exceeded storage.stall_timeout_s); restart it
 
 Environment:
   WASTELEDGER_NODE     node API address (HOST:PORT), default 127.0.0.1:7201

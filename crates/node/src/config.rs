@@ -5,6 +5,7 @@
 //! configuration file, so a node starts the same way from any working directory.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use wasteledger_store::DurableOptions;
@@ -66,6 +67,22 @@ struct RawConfig {
 struct RawStorage {
     #[serde(default = "d_cache_mb")]
     cache_mb: u64,
+    #[serde(default = "d_stall_timeout_s")]
+    stall_timeout_s: u64,
+}
+
+/// Default for `[storage] stall_timeout_s`: far beyond any sync seen here (a sync after
+/// importing a 1M-event snapshot took seconds), short enough that a stuck node is restarted
+/// long before anyone would notice it by hand.
+const DEFAULT_STALL_TIMEOUT_S: u64 = 120;
+/// Smallest stall timeout accepted: a busy disk's fsync can take seconds, and exiting on a
+/// slow-but-working sync would turn load into restarts.
+const MIN_STALL_TIMEOUT_S: u64 = 10;
+/// Largest stall timeout accepted (a day): beyond it the watchdog would be off in all but name.
+const MAX_STALL_TIMEOUT_S: u64 = 86_400;
+
+fn d_stall_timeout_s() -> u64 {
+    DEFAULT_STALL_TIMEOUT_S
 }
 
 fn d_cache_mb() -> u64 {
@@ -76,6 +93,7 @@ impl Default for RawStorage {
     fn default() -> Self {
         RawStorage {
             cache_mb: d_cache_mb(),
+            stall_timeout_s: d_stall_timeout_s(),
         }
     }
 }
@@ -195,6 +213,9 @@ pub struct NodeConfig {
     pub timings: RaftTimings,
     /// Storage tuning (`[storage]`).
     pub storage: DurableOptions,
+    /// `[storage] stall_timeout_s`: a database sync running longer than this takes the node
+    /// out (see [`wasteledger_store::DurableDb::spawn_stall_watchdog`]).
+    pub storage_stall_limit: Duration,
 }
 
 impl NodeConfig {
@@ -300,6 +321,17 @@ impl NodeConfig {
                 ),
             ));
         }
+        let stall_timeout_s = raw.storage.stall_timeout_s;
+        if !(MIN_STALL_TIMEOUT_S..=MAX_STALL_TIMEOUT_S).contains(&stall_timeout_s) {
+            return Err(invalid(
+                "storage.stall_timeout_s",
+                format!(
+                    "{stall_timeout_s} s is out of range: give a sync between \
+                     {MIN_STALL_TIMEOUT_S} and {MAX_STALL_TIMEOUT_S} seconds before the node \
+                     is taken out as stuck"
+                ),
+            ));
+        }
         Ok(NodeConfig {
             path: path.to_owned(),
             id: raw.id,
@@ -331,6 +363,7 @@ impl NodeConfig {
             storage: DurableOptions {
                 cache_capacity: cache_mb * MIB,
             },
+            storage_stall_limit: Duration::from_secs(stall_timeout_s),
         })
     }
 }
@@ -442,6 +475,27 @@ api = "127.0.0.1:7202"
                 e.contains("node1.toml") && e.contains("cache"),
                 "{bad}: {e}"
             );
+        }
+    }
+    #[test]
+    fn the_storage_stall_timeout_has_a_default_and_bounds() {
+        let c = NodeConfig::parse(Path::new("node1.toml"), GOOD).unwrap();
+        assert_eq!(c.storage_stall_limit, Duration::from_secs(120));
+        let set = format!("{GOOD}\n[storage]\nstall_timeout_s = 30\n");
+        let c = NodeConfig::parse(Path::new("node1.toml"), &set).unwrap();
+        assert_eq!(c.storage_stall_limit, Duration::from_secs(30));
+        for bad in [
+            "stall_timeout_s = 0",
+            "stall_timeout_s = 9",
+            "stall_timeout_s = 86401",
+        ] {
+            let e = NodeConfig::parse(
+                Path::new("node1.toml"),
+                &format!("{GOOD}\n[storage]\n{bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("storage.stall_timeout_s"), "{bad}: {e}");
         }
     }
 }

@@ -46,9 +46,14 @@ impl DemoNode {
     fn start(&mut self) {
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.config.clone();
-        self.task = Some(tokio::spawn(run_node(config, async {
-            let _ = rx.await;
-        })));
+        // A stalled node has logged why; the demo has no supervisor to restart it.
+        self.task = Some(tokio::spawn(run_node(
+            config,
+            async {
+                let _ = rx.await;
+            },
+            || {},
+        )));
         self.stop = Some(tx);
     }
 

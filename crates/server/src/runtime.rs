@@ -161,9 +161,16 @@ fn witness_identity(
 }
 
 /// Runs the node described by `config` until `shutdown` resolves.
+///
+/// `on_storage_stall` runs, on a thread of its own, if a sync of the node's database runs
+/// longer than `config.storage_stall_limit`: the node is then stuck (every write waits for that
+/// sync, and so would a graceful shutdown), which has been logged as an error by the time it
+/// runs. A process that runs one node should exit from it, for its supervisor to restart the
+/// node; nothing acknowledged is lost, since nothing is acknowledged before its sync returns.
 pub async fn run_node(
     config: NodeConfig,
     shutdown: impl Future<Output = ()>,
+    on_storage_stall: impl FnOnce() + Send + 'static,
 ) -> Result<(), RunError> {
     let genesis_bytes = std::fs::read(&config.genesis)
         .map_err(|e| file_error("genesis", &config.genesis, e.to_string()))?;
@@ -190,6 +197,22 @@ pub async fn run_node(
         storage: config.storage.clone(),
     })
     .await?;
+    let id = config.id;
+    let limit = config.storage_stall_limit;
+    let data_dir = config.data_dir.display().to_string();
+    node.db()
+        .spawn_stall_watchdog(limit, move |running| {
+            tracing::error!(
+                id,
+                data_dir,
+                running_s = running.as_secs(),
+                limit_s = limit.as_secs(),
+                "storage stalled: a database sync has not returned; the node cannot \
+                 acknowledge anything until it is restarted (storage.stall_timeout_s)"
+            );
+            on_storage_stall();
+        })
+        .map_err(|e| RunError::Node(NodeError::Io(e)))?;
     let node = Arc::new(node);
     if config.bootstrap {
         let mut members = BTreeMap::new();

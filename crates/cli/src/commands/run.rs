@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::exit::{CmdResult, Failure, REMOTE, USAGE};
+use crate::exit::{CmdResult, Failure, REMOTE, STORAGE_STALLED, USAGE};
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new().map_err(|e| {
@@ -43,8 +43,22 @@ pub(crate) fn node(path: PathBuf) -> CmdResult {
         .block_on(wasteledger_server::runtime::run_node(
             config,
             shutdown_signal(),
+            exit_stalled,
         ))
         .map_err(|e| Failure::new(REMOTE, e))
+}
+
+/// Ends the process when the node's storage has stalled (the node has logged the details).
+///
+/// Nothing else can end it: a graceful shutdown, and even returning from `main`, would wait
+/// for the stuck sync. Exiting loses nothing acknowledged, and restarting is how the storage
+/// recovers; the distinct exit code tells the supervisor (and whoever reads its log) why.
+fn exit_stalled() {
+    eprintln!(
+        "error: the node's storage stalled (a database sync did not return within \
+         storage.stall_timeout_s); exiting so that it can be restarted"
+    );
+    std::process::exit(i32::from(STORAGE_STALLED));
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

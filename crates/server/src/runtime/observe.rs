@@ -153,6 +153,11 @@ fn describe() {
         "Ledger entries not yet covered by the published checkpoint"
     );
     describe_gauge!(
+        "wasteledger_storage_sync_running_seconds",
+        Unit::Seconds,
+        "How long the database sync in progress has run, 0 when none runs; past storage.stall_timeout_s the node exits"
+    );
+    describe_gauge!(
         "wasteledger_history_unchecked_entries",
         "Stored entries below the integrity checkpoint not yet re-read since this node started (0 once the background check passes)"
     );
@@ -240,6 +245,18 @@ fn raft_gauges(s: &NodeStatus, reported_followers: &mut Vec<u64>) {
     }
 }
 
+/// Set first, before anything that takes the state machine's lock: a stuck sync may hold it.
+fn storage_gauges(node: &Node) {
+    let running = node
+        .db()
+        .sync_probe()
+        .sync_running_for()
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    metrics::gauge!("wasteledger_storage_sync_running_seconds").set(running.as_secs_f64());
+}
+
 fn ledger_gauges(node: &Node) {
     let read = node.state_machine.with_store(|s| {
         let published = s.published_checkpoint().ok().flatten();
@@ -297,6 +314,7 @@ pub async fn watch_node(
         if let Some(handle) = &prometheus {
             raft_gauges(&status, &mut reported_followers);
             if ledger_read_at.is_none_or(|t| t.elapsed() >= LEDGER_GAUGES_EVERY) {
+                storage_gauges(&node);
                 ledger_gauges(&node);
                 ledger_read_at = Some(Instant::now());
             }
