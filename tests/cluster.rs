@@ -1,6 +1,7 @@
 //! Multi-node tests against real `wasteledger node` processes on 127.0.0.1: replication through
 //! any node, SIGKILL of the leader under load with no acknowledged event lost, a full restart
-//! from disk, no commit without a quorum, and a tampered node refusing to serve.
+//! from disk, a node whose storage stalls exiting and coming back, no commit without a quorum,
+//! and a tampered node refusing to serve.
 //!
 //! Registered as an integration test of the `wasteledger` package so that Cargo builds the
 //! binary and passes its path (`CARGO_BIN_EXE_wasteledger`).
@@ -460,6 +461,92 @@ async fn a_busy_ledger_snapshots_by_events_not_only_by_raft_entries() {
             "node {node}: {applied} Raft entries; the test needs fewer than {EVERY}"
         );
     }
+}
+
+/// Builds `tests/support/stall_fdatasync.c` into `dir` with the system C compiler (which CI
+/// machines have) and returns the shared library's path.
+fn build_stall_shim(dir: &Path) -> std::path::PathBuf {
+    let source = dir.join("stall_fdatasync.c");
+    std::fs::write(&source, include_str!("support/stall_fdatasync.c")).expect("shim source");
+    let shim = dir.join("stall_fdatasync.so");
+    let status = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("run gcc to build the fdatasync shim");
+    assert!(status.success(), "gcc failed on {}", source.display());
+    shim
+}
+
+/// A follower whose fdatasync stops returning (an LD_PRELOAD shim stands in for a dead disk or
+/// a stuck storage engine) must not hang for ever holding its locks: its watchdog logs the
+/// stall and the process exits with code 4. Writes go on through the other two meanwhile, and
+/// after a restart the node catches up with everything acknowledged, on the same root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_storage_stalls_exits_and_comes_back_whole() {
+    let raft = format!(
+        "{}[storage]\nstall_timeout_s = 10\n",
+        wasteledger_tests::cluster::TEST_RAFT
+    );
+    let mut cluster = Cluster::start_with_raft(Path::new(BIN), 3, &raft);
+    register_parties(&cluster, &[1]).await;
+    let leader = cluster.head(1).await.expect("head").leader_id;
+    assert!(leader > 0);
+    let stalled = if leader == 3 { 2 } else { 3 };
+
+    let shim = build_stall_shim(cluster.dir());
+    let flag = cluster.dir().join("stall-now");
+    let (shim_path, flag_path) = (shim.display().to_string(), flag.display().to_string());
+    cluster.stop(stalled);
+    cluster.set_env(
+        stalled,
+        &[
+            ("LD_PRELOAD", &shim_path),
+            ("WL_TEST_STALL_FLAG", &flag_path),
+        ],
+    );
+    cluster.start_node(stalled);
+
+    let mut acknowledged = Vec::new();
+    for serial in 1..=10u32 {
+        let (number, event) = create_event(&cluster, serial);
+        let receipt = cluster.submit(leader, &event, LONG).await.expect("submit");
+        acknowledged.push((number, receipt));
+    }
+    cluster
+        .converged(&[1, 2, 3], 16, LONG)
+        .await
+        .expect("the shimmed node follows while its syncs work");
+
+    std::fs::write(&flag, b"").expect("flag");
+    for serial in 11..=30u32 {
+        let (number, event) = create_event(&cluster, serial);
+        match cluster.submit(leader, &event, LONG).await {
+            Ok(receipt) => acknowledged.push((number, receipt)),
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+    }
+    assert!(
+        acknowledged.len() >= 25,
+        "the other two kept accepting writes ({} acknowledged)",
+        acknowledged.len()
+    );
+    let code = cluster.wait_exit(stalled, LONG);
+    let logs = cluster.logs(stalled);
+    assert_eq!(
+        code,
+        Some(4),
+        "node {stalled} did not exit as stalled:\n{logs}"
+    );
+    assert!(logs.contains("storage stalled"), "{logs}");
+
+    std::fs::remove_file(&flag).expect("remove flag");
+    cluster.set_env(stalled, &[]);
+    cluster.start_node(stalled);
+    let head = every_node_holds(&cluster, acknowledged.iter()).await;
+    assert!(head.size >= 6 + acknowledged.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

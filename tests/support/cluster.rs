@@ -74,6 +74,8 @@ pub struct Cluster {
     /// Node specs by id.
     pub specs: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Child>,
+    /// Extra environment for a node's next starts ([`Cluster::set_env`]).
+    env: BTreeMap<u64, Vec<(String, String)>>,
     binary: PathBuf,
     raft_section: String,
     dir: tempfile::TempDir,
@@ -179,6 +181,7 @@ impl Cluster {
             net,
             specs,
             procs: BTreeMap::new(),
+            env: BTreeMap::new(),
             binary: binary.to_owned(),
             raft_section: raft_section.to_owned(),
             dir,
@@ -214,11 +217,27 @@ impl Cluster {
             .args(["node", "--config"])
             .arg(&spec.config)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.get(&id).into_iter().flatten().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn wasteledger node");
         self.procs.insert(id, child);
+    }
+
+    /// Sets environment variables for node `id`'s later starts (replacing earlier ones; none
+    /// with an empty list).
+    pub fn set_env(&mut self, id: u64, vars: &[(&str, &str)]) {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.env.insert(id, vars);
+    }
+
+    /// The cluster's directory (configs, data, node logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Keeps the cluster's directory (configs, data, node logs) after the cluster is dropped,
