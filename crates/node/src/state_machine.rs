@@ -41,6 +41,11 @@ use crate::types::{
 };
 
 const LEDGER_TREE: &str = "ledger";
+/// In the snapshot directory while an install replaces the store: the name of the snapshot
+/// file being installed. An install clears the store and imports records one at a time, so a
+/// node stopped part-way (a crash, the storage watchdog) would otherwise reopen a store that is
+/// neither the old state nor the new; with the journal it finishes the install at open.
+const INSTALL_JOURNAL: &str = "installing";
 const LAST_APPLIED: &[u8] = b"raft/last_applied";
 const MEMBERSHIP: &[u8] = b"raft/membership";
 
@@ -98,6 +103,7 @@ impl LedgerStateMachine {
         map_path: PathBuf,
     ) -> Result<LedgerStateMachine, StoreError> {
         fs::create_dir_all(&snapshot_dir)?;
+        finish_interrupted_install(db, &genesis, &snapshot_dir, &map_path)?;
         let store = LedgerStore::open(db.raw_tree(LEDGER_TREE)?, &map_path, genesis.clone())?;
         let last_applied = match store.get_meta(LAST_APPLIED)? {
             Some(b) => decode(&b)
@@ -358,6 +364,85 @@ fn latest_snapshot(dir: &Path) -> Option<(SnapshotHeader, PathBuf)> {
         }
     }
     best
+}
+
+/// Replaces the store in `db` with the complete, already checked snapshot `records` taken at
+/// `meta`, rebuilding the map file at `map_path`; durable when it returns. The one way a store
+/// is replaced, by an install or by finishing one at open.
+fn import_snapshot(
+    db: &DurableDb,
+    genesis: &Genesis,
+    map_path: &Path,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    records: impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
+) -> io::Result<LedgerStore> {
+    let tree = db.raw_tree(LEDGER_TREE).map_err(io_err)?;
+    let store = LedgerStore::import(tree, map_path, genesis.clone(), records).map_err(io_err)?;
+    store.verify_integrity().map_err(io_err)?;
+    let applied = encode(&meta.last_log_id).map_err(io_err)?;
+    let membership = encode(&meta.last_membership).map_err(io_err)?;
+    store
+        .put_meta(&[(LAST_APPLIED, applied), (MEMBERSHIP, membership)])
+        .map_err(io_err)?;
+    store.commit().map_err(io_err)?;
+    db.sync()?;
+    Ok(store)
+}
+
+/// Writes the install journal naming `snapshot` (a file in `dir`), durably, before the store
+/// is touched.
+fn begin_install(dir: &Path, snapshot: &Path) -> io::Result<()> {
+    let name = snapshot
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io_err(format!("snapshot path {} has no name", snapshot.display())))?;
+    let journal = dir.join(INSTALL_JOURNAL);
+    let mut file = File::create(&journal)?;
+    io::Write::write_all(&mut file, name.as_bytes())?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
+/// Removes the install journal, durably, once the installed store is.
+fn end_install(dir: &Path) -> io::Result<()> {
+    fs::remove_file(dir.join(INSTALL_JOURNAL))?;
+    File::open(dir)?.sync_all()
+}
+
+/// If an install was interrupted, finishes it from the snapshot file its journal names.
+///
+/// The journal is written before that file is put in place, and the file before the store is
+/// cleared: a journal whose file is missing (or whose name is torn) means the store was never
+/// touched.
+fn finish_interrupted_install(
+    db: &DurableDb,
+    genesis: &Genesis,
+    dir: &Path,
+    map_path: &Path,
+) -> Result<(), StoreError> {
+    let name = match fs::read_to_string(dir.join(INSTALL_JOURNAL)) {
+        Ok(name) => name,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let path = dir.join(&name);
+    let in_place = !name.contains('/') && name.ends_with(".snap") && path.is_file();
+    if in_place {
+        tracing::warn!(
+            path = %path.display(),
+            "finishing a snapshot install the node stopped in the middle of"
+        );
+        let (header, records) = snapshot_file::open_complete(&path)?;
+        import_snapshot(db, genesis, map_path, &header.meta, records)?;
+        remove_other_snapshots(dir, &path);
+    } else {
+        tracing::warn!(
+            journal = %name,
+            "a snapshot install stopped before its file was in place; the store was not touched"
+        );
+    }
+    end_install(dir)?;
+    Ok(())
 }
 
 /// Removes snapshot files other than `keep`.
@@ -672,26 +757,22 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             }
             let mut inner = this.lock()?;
             let _installing = Installing::begin(&this.installs);
-            let tree = this.db.raw_tree(LEDGER_TREE).map_err(io_err)?;
-            let store = LedgerStore::import(tree, &this.map_path, this.genesis.clone(), records)
-                .map_err(io_err)?;
-            let imported = started.elapsed();
-            store.verify_integrity().map_err(io_err)?;
-            let verified = started.elapsed();
-            let applied = encode(&meta.last_log_id).map_err(io_err)?;
-            let membership = encode(&meta.last_membership).map_err(io_err)?;
-            store
-                .put_meta(&[(LAST_APPLIED, applied), (MEMBERSHIP, membership)])
-                .map_err(io_err)?;
-            store.commit().map_err(io_err)?;
-            this.db.sync()?;
-            // Keep the installed file as our current snapshot (under our naming scheme).
+            // The installed file becomes our current snapshot (under our naming scheme). It is
+            // in place, named by the journal, before the store is cleared (see
+            // `finish_interrupted_install`); `records` reads it through a handle opened already.
             let kept = this.snapshot_dir.join(snapshot_file::file_name(&meta));
+            begin_install(&this.snapshot_dir, &kept)?;
             if snapshot.path != kept {
-                fs::rename(&snapshot.path, &kept)
-                    .or_else(|_| fs::copy(&snapshot.path, &kept).map(|_| ()))?;
+                if fs::rename(&snapshot.path, &kept).is_err() {
+                    // Another file system: the copy must be durable before the store goes.
+                    let _ = fs::copy(&snapshot.path, &kept)?;
+                    File::open(&kept)?.sync_all()?;
+                }
                 File::open(&this.snapshot_dir)?.sync_all()?;
             }
+            let store = import_snapshot(&this.db, &this.genesis, &this.map_path, &meta, records)?;
+            let imported = started.elapsed();
+            end_install(&this.snapshot_dir)?;
             remove_other_snapshots(&this.snapshot_dir, &kept);
             inner.store = store;
             inner.last_applied = meta.last_log_id;
@@ -701,7 +782,6 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 ledger_size = inner.store.merkle_size(),
                 checksum_ms = checked.as_millis() as u64,
                 import_ms = (imported - checked).as_millis() as u64,
-                verify_ms = (verified - imported).as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot installed"
             );
@@ -916,5 +996,106 @@ mod tests {
         apply(&mut a, &more).await;
         apply(&mut b, &more).await;
         assert_eq!(build(&mut a).await, build(&mut b).await);
+    }
+
+    /// The complete snapshot `sm` would send a peer now: its meta and the file's bytes.
+    async fn complete_snapshot(
+        sm: &mut LedgerStateMachine,
+    ) -> (SnapshotMetaOf<TypeConfig>, Vec<u8>) {
+        sm.build_snapshot().await.unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        let mut rx = snapshot_file::wire_chunks(current.snapshot, 1 << 16);
+        let mut bytes = Vec::new();
+        while let Some(Ok(Some(chunk))) = rx.recv().await {
+            bytes.extend(chunk);
+        }
+        (current.meta, bytes)
+    }
+
+    async fn head(
+        sm: &mut LedgerStateMachine,
+    ) -> (
+        Option<LogId>,
+        u64,
+        (
+            wasteledger_core::hash::Digest,
+            wasteledger_core::hash::Digest,
+        ),
+    ) {
+        let (applied, _) = sm.applied_state().await.unwrap();
+        let (size, roots) = sm.with_store(|s| (s.merkle_size(), s.roots())).unwrap();
+        (applied, size, roots)
+    }
+
+    /// A node stopped in the middle of installing a snapshot (the store cleared and half
+    /// imported) finishes the install when it next opens, from the file its journal names, and
+    /// holds exactly the sender's state; an install that completes leaves no journal behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_cut_short_is_finished_at_the_next_open() {
+        let net = SampleNetwork::new().unwrap();
+        let all = entries(&net, 30);
+        let (a_dir, b_dir, c_dir) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let mut a = open(a_dir.path(), &net.genesis);
+        apply(&mut a, &all).await;
+        let (meta, bytes) = complete_snapshot(&mut a).await;
+        let expected = head(&mut a).await;
+        assert_eq!(expected.0, meta.last_log_id);
+
+        // An install that completes, from a file received into another directory.
+        let mut b = open(b_dir.path(), &net.genesis);
+        apply(&mut b, &all[..3]).await;
+        let received = b_dir.path().join("received.snap");
+        fs::write(&received, &bytes).unwrap();
+        b.install_snapshot(&meta, SnapshotFile::complete(received))
+            .await
+            .unwrap();
+        assert_eq!(head(&mut b).await, expected);
+        let snapshots = b_dir.path().join("snapshots");
+        assert!(!snapshots.join(INSTALL_JOURNAL).exists());
+        drop(b);
+
+        // The same install cut short: journal written, file in place, store cleared and
+        // a third of the records imported, no last-applied, no final sync.
+        let c_snapshots = c_dir.path().join("snapshots");
+        {
+            let mut c = open(c_dir.path(), &net.genesis);
+            apply(&mut c, &all[..3]).await;
+            let kept = c_snapshots.join(snapshot_file::file_name(&meta));
+            fs::write(&kept, &bytes).unwrap();
+            begin_install(&c_snapshots, &kept).unwrap();
+            let (_, records) = snapshot_file::open_complete(&kept).unwrap();
+            let records: Vec<_> = records.map(Result::unwrap).collect();
+            let third = records.len() / 3;
+            let tree = c.db.raw_tree(LEDGER_TREE).unwrap();
+            drop(c);
+            let _ = LedgerStore::import(
+                tree,
+                &c_dir.path().join("map"),
+                net.genesis.clone(),
+                records.into_iter().take(third).map(Ok),
+            );
+        }
+        let mut c = open(c_dir.path(), &net.genesis);
+        assert_eq!(head(&mut c).await, expected);
+        assert!(!c_snapshots.join(INSTALL_JOURNAL).exists());
+        let current = c.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+        // It goes on from there like any node.
+        let more = entries(&net, 33).split_off(all.len());
+        apply(&mut a, &more).await;
+        apply(&mut c, &more).await;
+        assert_eq!(head(&mut c).await, head(&mut a).await);
+
+        // A journal whose file never got in place leaves the store as it was.
+        let before = head(&mut c).await;
+        drop(c);
+        fs::write(c_snapshots.join(INSTALL_JOURNAL), "snapshot-9-999.snap").unwrap();
+        let mut c = open(c_dir.path(), &net.genesis);
+        assert_eq!(head(&mut c).await, before);
+        assert!(!c_snapshots.join(INSTALL_JOURNAL).exists());
     }
 }
