@@ -403,6 +403,21 @@ fn begin_install(dir: &Path, snapshot: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Moves the received snapshot file to `kept` in `dir`, durably. `kept` appears whole or not
+/// at all: across file systems the copy is synced under a temporary name first.
+fn put_in_place(received: &Path, kept: &Path, dir: &Path) -> io::Result<()> {
+    if received == kept {
+        return Ok(());
+    }
+    if fs::rename(received, kept).is_err() {
+        let partial = kept.with_extension("partial");
+        let _ = fs::copy(received, &partial)?;
+        File::open(&partial)?.sync_all()?;
+        fs::rename(&partial, kept)?;
+    }
+    File::open(dir)?.sync_all()
+}
+
 /// Removes the install journal, durably, once the installed store is.
 fn end_install(dir: &Path) -> io::Result<()> {
     fs::remove_file(dir.join(INSTALL_JOURNAL))?;
@@ -762,13 +777,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             // `finish_interrupted_install`); `records` reads it through a handle opened already.
             let kept = this.snapshot_dir.join(snapshot_file::file_name(&meta));
             begin_install(&this.snapshot_dir, &kept)?;
-            if snapshot.path != kept {
-                if fs::rename(&snapshot.path, &kept).is_err() {
-                    // Another file system: the copy must be durable before the store goes.
-                    let _ = fs::copy(&snapshot.path, &kept)?;
-                    File::open(&kept)?.sync_all()?;
-                }
-                File::open(&this.snapshot_dir)?.sync_all()?;
+            if let Err(e) = put_in_place(&snapshot.path, &kept, &this.snapshot_dir) {
+                // The store is untouched: nothing for a restart to finish.
+                let _ = end_install(&this.snapshot_dir);
+                return Err(e);
             }
             let store = import_snapshot(&this.db, &this.genesis, &this.map_path, &meta, records)?;
             let imported = started.elapsed();
