@@ -30,6 +30,7 @@ async fn start(id: u64, dir: &std::path::Path, net: &SampleNetwork) -> Node {
             keep_logs_after_snapshot: 0,
         },
         storage: Default::default(),
+        stall_watch: None,
     })
     .await
     .expect("node starts")

@@ -70,6 +70,18 @@ pub struct NodeOptions {
     pub timings: RaftTimings,
     /// Storage tuning.
     pub storage: DurableOptions,
+    /// What to do if a sync of the database stalls; watched from the moment it opens, so a
+    /// stall while the node starts (finishing an install, openraft's start-up) counts too.
+    pub stall_watch: Option<StallWatch>,
+}
+
+/// A limit on how long one sync of the node's database may run, and what happens past it
+/// ([`wasteledger_store::DurableDb::spawn_stall_watchdog`]).
+pub struct StallWatch {
+    /// The limit.
+    pub limit: Duration,
+    /// Called once, on the watchdog's thread, with how long the sync has been running.
+    pub on_stall: Box<dyn FnOnce(Duration) + Send>,
 }
 
 /// Why a node could not start or serve.
@@ -182,6 +194,9 @@ impl Node {
         // until it is back), so each phase's duration is logged.
         let started = Instant::now();
         let db = DurableDb::open_with(options.data_dir.join("db"), &options.storage)?;
+        if let Some(watch) = options.stall_watch {
+            db.spawn_stall_watchdog(watch.limit, watch.on_stall)?;
+        }
         let db_opened = started.elapsed();
         let log = LogStorage::new(LogStore::open(db.clone())?);
         let state_machine = LedgerStateMachine::open(

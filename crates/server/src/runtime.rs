@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use wasteledger_core::genesis::Genesis;
 use wasteledger_core::signing::{SigningKey, parse_secret_key_file};
 use wasteledger_node::config::NodeConfig;
-use wasteledger_node::node::{Node, NodeError, NodeOptions};
+use wasteledger_node::node::{Node, NodeError, NodeOptions, StallWatch};
 use wasteledger_node::types::NodeAddr;
 
 use crate::LedgerApi;
@@ -187,6 +187,20 @@ pub async fn run_node(
         Some(addr) => Some((bind(addr, "metrics").await?, observe::prometheus()?)),
         None => None,
     };
+    let id = config.id;
+    let limit = config.storage_stall_limit;
+    let data_dir = config.data_dir.display().to_string();
+    let on_stall = move |running: Duration| {
+        tracing::error!(
+            id,
+            data_dir,
+            running_s = running.as_secs(),
+            limit_s = limit.as_secs(),
+            "storage stalled: a database sync has not returned; the node cannot acknowledge \
+             anything until it is restarted (storage.stall_timeout_s)"
+        );
+        on_storage_stall();
+    };
     let node = Node::start(NodeOptions {
         id: config.id,
         data_dir: config.data_dir.clone(),
@@ -195,24 +209,12 @@ pub async fn run_node(
         api_addr: config.api_listen.clone(),
         timings: config.timings.clone(),
         storage: config.storage.clone(),
+        stall_watch: Some(StallWatch {
+            limit,
+            on_stall: Box::new(on_stall),
+        }),
     })
     .await?;
-    let id = config.id;
-    let limit = config.storage_stall_limit;
-    let data_dir = config.data_dir.display().to_string();
-    node.db()
-        .spawn_stall_watchdog(limit, move |running| {
-            tracing::error!(
-                id,
-                data_dir,
-                running_s = running.as_secs(),
-                limit_s = limit.as_secs(),
-                "storage stalled: a database sync has not returned; the node cannot \
-                 acknowledge anything until it is restarted (storage.stall_timeout_s)"
-            );
-            on_storage_stall();
-        })
-        .map_err(|e| RunError::Node(NodeError::Io(e)))?;
     let node = Arc::new(node);
     if config.bootstrap {
         let mut members = BTreeMap::new();
