@@ -58,6 +58,23 @@ async fn manifest_on(cluster: &Cluster, node: u64, number: &str) -> Option<pb::M
         .and_then(|r| r.into_inner().state)
 }
 
+/// Submits `event` to `node`: its receipt, or `None` if the write was refused as
+/// `Unavailable` (in flight at a kill or a stall: its outcome is unknown, and only acknowledged
+/// writes must survive). Any other refusal fails the test.
+async fn submit_unless_unavailable(
+    cluster: &Cluster,
+    node: u64,
+    event: &pb::SignedEvent,
+) -> Option<pb::Receipt> {
+    match cluster.submit(node, event, LONG).await {
+        Ok(receipt) => Some(receipt),
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            None
+        }
+    }
+}
+
 /// Waits until nodes 1–3 agree on a ledger holding the six registrations and every
 /// `acknowledged` creation, then checks each node has each manifest at its receipt's event;
 /// returns the agreed head.
@@ -273,11 +290,8 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_event() {
         } else {
             survivors[serial as usize % 2]
         };
-        match cluster.submit(target, &event, LONG).await {
-            Ok(receipt) => acknowledged.push((number, receipt)),
-            // Refused writes (e.g. in-flight at the kill) are allowed: only acknowledged ones
-            // must survive.
-            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        if let Some(receipt) = submit_unless_unavailable(&cluster, target, &event).await {
+            acknowledged.push((number, receipt));
         }
     }
     assert!(
@@ -311,14 +325,9 @@ async fn submit_concurrently(
         tasks.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for (number, event) in share {
-                match cluster.submit(target, &event, LONG).await {
-                    Ok(receipt) => {
-                        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        acknowledged.push((number, receipt));
-                    }
-                    Err(status) => {
-                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}")
-                    }
+                if let Some(receipt) = submit_unless_unavailable(&cluster, target, &event).await {
+                    acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    acknowledged.push((number, receipt));
                 }
             }
             acknowledged
@@ -523,9 +532,8 @@ async fn a_node_whose_storage_stalls_exits_and_comes_back_whole() {
     std::fs::write(&flag, b"").expect("flag");
     for serial in 11..=30u32 {
         let (number, event) = create_event(&cluster, serial);
-        match cluster.submit(leader, &event, LONG).await {
-            Ok(receipt) => acknowledged.push((number, receipt)),
-            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        if let Some(receipt) = submit_unless_unavailable(&cluster, leader, &event).await {
+            acknowledged.push((number, receipt));
         }
     }
     assert!(

@@ -477,6 +477,7 @@ api = "127.0.0.1:7202"
             );
         }
     }
+
     #[test]
     fn the_storage_stall_timeout_has_a_default_and_bounds() {
         let c = NodeConfig::parse(Path::new("node1.toml"), GOOD).unwrap();

@@ -983,7 +983,7 @@ where
         .map_err(|e| io_status("cannot rename", &partial, e))?;
     guard.path = done;
     let dir_owned = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir_owned)?.sync_all())
+    tokio::task::spawn_blocking(move || wasteledger_store::sync_dir(&dir_owned))
         .await
         .map_err(|e| Status::internal(format!("directory fsync task failed: {e}")))?
         .map_err(|e| io_status("cannot fsync", dir, e))?;

@@ -18,7 +18,7 @@
 //! Files written before this split (`"WLSNAP01"`, no `omitted_below` field) are complete
 //! snapshots and are still read.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -183,10 +183,7 @@ impl SnapshotWriter {
             .into_inner()
             .map_err(|e| e.into_error())?;
         file.sync_all()?;
-        fs::rename(&self.tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        wasteledger_store::rename_durably(&self.tmp, &self.path)?;
         Ok(self.path)
     }
 }
@@ -448,6 +445,7 @@ fn write_wire(snapshot: &SnapshotFile, sink: &mut ChunkSink) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use std::fs;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -33,7 +33,7 @@ use wasteledger_core::pb;
 use wasteledger_store::state::{
     CosignOutcome, HistoryCheck, HistoryChecked, IntegrityError, LedgerStore,
 };
-use wasteledger_store::{DurableDb, StoreError};
+use wasteledger_store::{DurableDb, StoreError, rename_durably, sync_dir};
 
 use crate::snapshot_file::{self, SettledPart, SnapshotHeader, SnapshotWriter};
 use crate::types::{
@@ -396,32 +396,28 @@ fn begin_install(dir: &Path, snapshot: &Path) -> io::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| io_err(format!("snapshot path {} has no name", snapshot.display())))?;
-    let journal = dir.join(INSTALL_JOURNAL);
-    let mut file = File::create(&journal)?;
+    let mut file = File::create(dir.join(INSTALL_JOURNAL))?;
     io::Write::write_all(&mut file, name.as_bytes())?;
     file.sync_all()?;
-    File::open(dir)?.sync_all()
+    sync_dir(dir)
 }
 
-/// Moves the received snapshot file to `kept` in `dir`, durably. `kept` appears whole or not
-/// at all: across file systems the copy is synced under a temporary name first.
-fn put_in_place(received: &Path, kept: &Path, dir: &Path) -> io::Result<()> {
-    if received == kept {
+/// Moves the received snapshot file (already synced) to `kept`, durably. `kept` appears whole
+/// or not at all: across file systems the copy is synced under a temporary name first.
+fn put_in_place(received: &Path, kept: &Path) -> io::Result<()> {
+    if received == kept || rename_durably(received, kept).is_ok() {
         return Ok(());
     }
-    if fs::rename(received, kept).is_err() {
-        let partial = kept.with_extension("partial");
-        let _ = fs::copy(received, &partial)?;
-        File::open(&partial)?.sync_all()?;
-        fs::rename(&partial, kept)?;
-    }
-    File::open(dir)?.sync_all()
+    let partial = kept.with_extension("partial");
+    let _ = fs::copy(received, &partial)?;
+    File::open(&partial)?.sync_all()?;
+    rename_durably(&partial, kept)
 }
 
 /// Removes the install journal, durably, once the installed store is.
 fn end_install(dir: &Path) -> io::Result<()> {
     fs::remove_file(dir.join(INSTALL_JOURNAL))?;
-    File::open(dir)?.sync_all()
+    sync_dir(dir)
 }
 
 /// If an install was interrupted, finishes it from the snapshot file its journal names.
@@ -777,7 +773,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             // `finish_interrupted_install`); `records` reads it through a handle opened already.
             let kept = this.snapshot_dir.join(snapshot_file::file_name(&meta));
             begin_install(&this.snapshot_dir, &kept)?;
-            if let Err(e) = put_in_place(&snapshot.path, &kept, &this.snapshot_dir) {
+            if let Err(e) = put_in_place(&snapshot.path, &kept) {
                 // The store is untouched: nothing for a restart to finish.
                 let _ = end_install(&this.snapshot_dir);
                 return Err(e);

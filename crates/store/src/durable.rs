@@ -317,8 +317,18 @@ fn open_sled(config: &sled::Config) -> Result<sled::Db, StoreError> {
 }
 
 /// fsyncs a directory, making the creation, rename or removal of its entries durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// Renames `from` to `to` and fsyncs `to`'s directory, so the new name survives a crash. The
+/// caller syncs the file's own data first.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    match to.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
 }
 
 impl DurableDb {

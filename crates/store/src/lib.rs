@@ -24,8 +24,8 @@ pub mod map_file;
 pub mod state;
 
 pub use durable::{
-    DurableDb, DurableOptions, DurableTree, MAX_KEY_BYTES, MAX_VALUE_BYTES, SEGMENT_SIZE,
-    SLED_BLOB_THRESHOLD, SyncProbe, SyncStats, WriteBatch, check_sizes,
+    Closed, DurableDb, DurableOptions, DurableTree, MAX_KEY_BYTES, MAX_VALUE_BYTES, SEGMENT_SIZE,
+    SLED_BLOB_THRESHOLD, SyncProbe, SyncStats, WriteBatch, check_sizes, rename_durably, sync_dir,
 };
 pub use error::StoreError;
 pub use log::LogStore;

@@ -348,11 +348,7 @@ impl MapFile {
         out.write_all(sum.as_bytes())?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        Ok(crate::durable::rename_durably(&tmp, &path)?)
     }
 
     fn read_record(&self, state: &State, record: u64) -> Option<Record> {
