@@ -18,7 +18,7 @@
 //! | `P` | registry id | `pb::PartyState` |
 //! | `K` | key id | registry id of the owner |
 //! | `H` | event hash | index (u64 BE) |
-//! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | empty (secondary indexes) |
+//! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | secondary indexes: empty (status), or the index (u64 BE) of the entry that wrote it (party, waste code) |
 //! | `S` | name | node state: chain head, last ledger time, integrity checkpoint, map file state |
 //! | `C` | size (u64 BE) ‖ witness name | key hint ‖ signature of the checkpoint at that size |
 //! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
@@ -63,6 +63,14 @@ const EVENT: u8 = b'H';
 const INDEX: u8 = b'X';
 const STATE: u8 = b'S';
 const USER: u8 = b'U';
+
+/// Index kinds (the byte after [`INDEX`]). Status records change with the manifest; party
+/// and waste-code records are written once, valued with the index (u64 BE) of the entry that
+/// wrote them, and never changed or removed: settled history (see [`SettledHistory`]). Records
+/// written before they carried that index have an empty value.
+const STATUS_INDEX: u8 = b's';
+const PARTY_INDEX: u8 = b'p';
+const CODE_INDEX: u8 = b'c';
 
 const CHAIN_HEAD: &[u8] = b"chain_head";
 const LAST_SEQUENCED: &[u8] = b"last_sequenced_at";
@@ -148,7 +156,7 @@ pub enum CosignOutcome {
 pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
 /// The records of a ledger's history that no later entry changes: entries, Merkle nodes of
-/// complete subtrees and the event-hash index. Below a ledger size they are written once and
+/// complete subtrees, the event-hash index and the party and waste-code indexes. Below a ledger size they are written once and
 /// never again, so they can be read while later entries are applied (a snapshot copies or
 /// sends them without stopping the ledger). Owns a handle to the tree, so it outlives a borrow
 /// of the store; an install that replaces the whole state invalidates what it reads, which the
@@ -177,15 +185,27 @@ impl SettledHistory {
             },
             Err(_) => true,
         });
-        let events = self.tree.scan_prefix([EVENT]).filter(move |r| match r {
+        // Both valued with the index of the entry that wrote them.
+        let written_before = move |r: &Result<(sled::IVec, sled::IVec), sled::Error>| match r {
+            Ok((_, v)) if v.is_empty() => true, // an index record from before it had one
             Ok((_, v)) => v
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
                 .map_or(true, |index| index < size),
             Err(_) => true,
-        });
-        entries.chain(nodes).chain(events).map(owned_record)
+        };
+        let events = self.tree.scan_prefix([EVENT]).filter(written_before);
+        let indexes = [PARTY_INDEX, CODE_INDEX]
+            .map(|kind| self.tree.scan_prefix([INDEX, kind]))
+            .into_iter()
+            .flatten()
+            .filter(written_before);
+        entries
+            .chain(nodes)
+            .chain(events)
+            .chain(indexes)
+            .map(owned_record)
     }
 }
 
@@ -454,10 +474,10 @@ impl LedgerStore {
         let leaf = leaf_hash(&bytes);
         let chain_next = chain_link(&self.chain_head, &leaf);
 
-        // The manifest's status before this event (None: the event creates it), for the
-        // status index.
-        let old_status = match &decision.event.subject {
-            Subject::Manifest(t) => self.manifest_status(t),
+        // The manifest as stored before this event (None: the event creates it), for the
+        // index records.
+        let before = match &decision.event.subject {
+            Subject::Manifest(t) => self.manifest_before(t),
             Subject::Party(_) => None,
         };
         self.merkle.append_leaf_hash(leaf);
@@ -479,7 +499,7 @@ impl LedgerStore {
             key(STATE, LAST_SEQUENCED),
             (sequenced_at as u64).to_be_bytes().to_vec(),
         );
-        self.write_subject(&decision, old_status)?;
+        self.write_subject(&decision, before, index)?;
 
         for (k, v) in meta {
             self.stage(key(USER, k), v.clone());
@@ -560,10 +580,12 @@ impl LedgerStore {
         Ok(())
     }
 
+    /// Stages the subject's new state and its index records; `index` is the entry's.
     fn write_subject(
         &self,
         decision: &Decision,
-        old_status: Option<&'static str>,
+        before: Option<StoredManifest>,
+        index: u64,
     ) -> Result<(), StoreError> {
         match &decision.state {
             SubjectState::Manifest(m) => {
@@ -573,20 +595,41 @@ impl LedgerStore {
                     m.to_pb().encode_to_vec(),
                 );
                 self.cache_manifest(&tracking, m);
+                let old_status = before.map(|b| b.status);
                 if old_status != Some(m.status.name()) {
                     if let Some(previous) = old_status {
-                        self.unstage(index_key(b's', previous, &tracking));
+                        self.unstage(index_key(STATUS_INDEX, previous, &tracking));
                     }
-                    self.stage(index_key(b's', m.status.name(), &tracking), Vec::new());
+                    self.stage(
+                        index_key(STATUS_INDEX, m.status.name(), &tracking),
+                        Vec::new(),
+                    );
                 }
-                if old_status.is_none() {
+                // Party and waste-code records are never changed or removed once written, so
+                // they are settled history, which a snapshot reads by the index of the entry
+                // that wrote them, kept as their value. Parties are fixed at creation; a
+                // correction may give a line new codes, which get records of their own
+                // (queries re-check the current manifest, so a code corrected away is
+                // filtered out there).
+                let written_by = index.to_be_bytes().to_vec();
+                if before.is_none() {
                     for party in m.named_parties() {
-                        self.stage(index_key(b'p', &party, &tracking), Vec::new());
+                        self.stage(
+                            index_key(PARTY_INDEX, &party, &tracking),
+                            written_by.clone(),
+                        );
                     }
+                }
+                if before.is_none_or(|b| b.corrections_applied != m.corrections_applied) {
                     for line in &m.manifest.lines {
                         for code in &line.codes {
                             let value = format!("{}:{}", code.system, code.code);
-                            self.stage(index_key(b'c', &value, &tracking), Vec::new());
+                            let k = index_key(CODE_INDEX, &value, &tracking);
+                            // A new manifest has no records yet; after a correction only the
+                            // codes it introduced are missing.
+                            if before.is_none() || self.read(&k)?.is_none() {
+                                self.stage(k, written_by.clone());
+                            }
                         }
                     }
                 }
@@ -608,16 +651,20 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// The stored status of a manifest, read from the cache without copying the state when it
-    /// is there (evaluating the event just put it there).
-    fn manifest_status(&self, tracking: &Tracking) -> Option<&'static str> {
+    /// What the index records need of a manifest's stored state, read from the cache without
+    /// copying the state when it is there (evaluating the event just put it there).
+    fn manifest_before(&self, tracking: &Tracking) -> Option<StoredManifest> {
         let canonical = tracking.to_string();
+        let of = |state: &ManifestState| StoredManifest {
+            status: state.status.name(),
+            corrections_applied: state.corrections_applied,
+        };
         if let Ok(manifests) = self.caches.manifests.lock()
             && let Some(state) = manifests.get(&canonical)
         {
-            return Some(state.status.name());
+            return Some(of(state));
         }
-        self.manifest(tracking).map(|m| m.status.name())
+        self.manifest(tracking).as_ref().map(of)
     }
 
     fn cache_manifest(&self, tracking: &str, state: &ManifestState) {
@@ -1006,6 +1053,13 @@ impl LedgerStore {
         tree.remove(key(STATE, MAP_STATE))?;
         LedgerStore::open(tree, map_path, genesis)
     }
+}
+
+/// A manifest's state before an event, as far as its index records depend on it.
+#[derive(Clone, Copy)]
+struct StoredManifest {
+    status: &'static str,
+    corrections_applied: u32,
 }
 
 fn index_key(kind: u8, value: &str, tracking: &str) -> Vec<u8> {

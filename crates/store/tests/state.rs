@@ -325,15 +325,37 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
         net.genesis.clone(),
     )
     .unwrap();
-    let all = events(&net);
-    // The manifest's first events before the snapshot, the rest while it is copied: they
-    // change, create and delete changing records (its state, status indexes) on both sides
-    // of the copy's scan position.
-    let (before, after) = all.split_at(all.len() - 5);
+    let mut all = events(&net);
+    // A second manifest, created while the copy runs: its party and waste-code index records
+    // are settled history written after the snapshot's size.
+    let (last_time, second) = {
+        let time = all.last().unwrap().1;
+        let flow = ManifestFlow::new(&net, "20261502000002", time).unwrap();
+        let manifest = net.manifest("20261502000002", &[ids::ROAD]);
+        let created = Kind::ManifestCreated(pb::ManifestCreated {
+            manifest: Some(manifest),
+        });
+        (time, flow.event(created, &[ids::GENERATOR]))
+    };
+    all.push((second, last_time));
+    // The first manifest's first events before the snapshot, the rest while it is copied:
+    // they change, create and delete changing records (its state, status indexes) on both
+    // sides of the copy's scan position.
+    let (before, after) = all.split_at(all.len() - 6);
+    // The same events up to the snapshot's size, applied to a store of their own: what the
+    // snapshot must hold, record for record.
+    let mut stopped = LedgerStore::open(
+        db.raw_tree("stopped").unwrap(),
+        &dir.path().join("stopped.map"),
+        net.genesis.clone(),
+    )
+    .unwrap();
     for (event, time) in before {
         let _ = reference.submit(event, *time);
         let _ = store.apply(event, *time, &[]).unwrap();
+        let _ = stopped.apply(event, *time, &[]).unwrap();
     }
+    stopped.commit().unwrap();
     let size = store.merkle_size();
     let copy = store.begin_changing_copy().unwrap();
     assert!(
@@ -354,6 +376,27 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     assert!(store.merkle_size() > size);
     // The settled part is read after later entries were applied and committed.
     records.extend(store.settled_history().records(size).map(Result::unwrap));
+    assert_eq!(
+        store.index_scan(b'p', ids::ROAD, None, 10).unwrap().len(),
+        2,
+        "the second manifest was created after the copy began"
+    );
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = db
+        .raw_tree("stopped")
+        .unwrap()
+        .iter()
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+        // The map file's state names that store's own file.
+        .filter(|(k, _)| k.as_slice() != b"Smap_file")
+        .collect();
+    expected.sort();
+    let mut copied = records.clone();
+    copied.sort();
+    assert_eq!(copied.len(), expected.len(), "records in the snapshot");
+    assert!(
+        copied == expected,
+        "the snapshot differs from the state at its size"
+    );
     let imported = LedgerStore::import(
         db.raw_tree("target").unwrap(),
         &dir.path().join("target.map"),
@@ -698,4 +741,95 @@ fn the_newest_cosigned_size_is_what_other_witnesses_can_second() {
     ));
     assert_eq!(store.published_size().unwrap(), Some(5));
     assert_eq!(store.newest_cosigned_size().unwrap(), Some(8));
+}
+
+#[test]
+fn a_waste_code_a_correction_introduces_is_indexed() {
+    let net = SampleNetwork::new().unwrap();
+    let (dir, db) = temp_db();
+    let mut store = LedgerStore::open(
+        db.raw_tree("ledger").unwrap(),
+        &dir.path().join("ledger.map"),
+        net.genesis.clone(),
+    )
+    .unwrap();
+    for event in net.registrations() {
+        store.apply(&event, T0 - HOUR, &[]).unwrap().unwrap();
+    }
+    let number = "20261502000003";
+    let mut flow = ManifestFlow::new(&net, number, T0).unwrap();
+    let manifest = net.manifest(number, &[ids::ROAD]);
+    let apply =
+        |store: &mut LedgerStore, flow: &mut ManifestFlow<'_>, kind: Kind, signers: &[&str]| {
+            let event = flow.event(kind, signers);
+            let receipt = store.apply(&event, flow.now, &[]).unwrap().unwrap();
+            store.commit().unwrap();
+            flow.accept(&event);
+            receipt
+        };
+    let created = apply(
+        &mut store,
+        &mut flow,
+        Kind::ManifestCreated(pb::ManifestCreated {
+            manifest: Some(manifest.clone()),
+        }),
+        &[ids::GENERATOR],
+    );
+    apply(
+        &mut store,
+        &mut flow,
+        ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+        &[ids::GENERATOR, ids::ROAD],
+    );
+    // The generator reclassifies line 1 from HW08 to HW09; the carrier approves.
+    let mut line = manifest.lines[0].clone();
+    line.codes[0].code = "HW09".into();
+    let correction = apply(
+        &mut store,
+        &mut flow,
+        Kind::Correction(pb::Correction {
+            amends_event: created.event_hash.0.to_vec(),
+            changes: vec![pb::CorrectionChange {
+                change: Some(pb::correction_change::Change::WasteLine(line)),
+            }],
+            reason: "laboratory analysis: emulsion, not oil".into(),
+        }),
+        &[ids::GENERATOR],
+    );
+    let hw = |code: &str| format!("{}:{code}", pb::CodeSystem::CnHwCategory as i32);
+    assert!(
+        store
+            .index_scan(b'c', &hw("HW09"), None, 10)
+            .unwrap()
+            .is_empty(),
+        "a proposed correction changes nothing yet"
+    );
+    apply(
+        &mut store,
+        &mut flow,
+        Kind::CorrectionDecision(pb::CorrectionDecision {
+            correction_event: correction.event_hash.0.to_vec(),
+            approve: true,
+            comment: String::new(),
+        }),
+        &[ids::ROAD],
+    );
+    assert_eq!(
+        store
+            .manifest_state(&format!("cn:{number}"))
+            .unwrap()
+            .unwrap()
+            .corrections_applied,
+        1
+    );
+    assert_eq!(
+        store.index_scan(b'c', &hw("HW09"), None, 10).unwrap(),
+        vec![format!("cn:{number}")]
+    );
+    // The old code's record stays (index records are never removed); a query re-checks the
+    // manifest itself, which no longer carries it.
+    assert_eq!(
+        store.index_scan(b'c', &hw("HW08"), None, 10).unwrap(),
+        vec![format!("cn:{number}")]
+    );
 }

@@ -1,5 +1,5 @@
-//! Snapshot copies of the records later entries change (subject states, indexes, node state,
-//! cosignatures, caller metadata), read while those entries go on being applied.
+//! Snapshot copies of the records later entries change (subject states, the status index, node
+//! state, cosignatures, caller metadata), read while those entries go on being applied.
 //!
 //! A copy begins under the state machine's lock
 //! ([`LedgerStore::begin_changing_copy`](super::LedgerStore::begin_changing_copy)); from then on
@@ -20,17 +20,29 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{COSIG, INDEX, KEY_OWNER, MANIFEST, MAP_STATE, PARTY, Record, STATE, USER};
+use super::{
+    COSIG, INDEX, KEY_OWNER, MANIFEST, MAP_STATE, PARTY, Record, STATE, STATUS_INDEX, USER,
+};
 use crate::error::StoreError;
 
-/// Prefixes of the records later entries change, in ascending byte order (a copy scans them
-/// in this order and relies on it: see [`Copies::note_write`]).
-pub(super) const CHANGING: [u8; 7] = [COSIG, KEY_OWNER, MANIFEST, PARTY, STATE, USER, INDEX];
+/// Key prefixes of the records later entries change, in ascending byte order (a copy scans
+/// them in this order and relies on it: see [`Copies::note_write`]). Of the secondary indexes
+/// only the status index changes; the others are settled history.
+pub(super) const CHANGING: [&[u8]; 7] = [
+    &[COSIG],
+    &[KEY_OWNER],
+    &[MANIFEST],
+    &[PARTY],
+    &[STATE],
+    &[USER],
+    &[INDEX, STATUS_INDEX],
+];
 const _: () = {
     let mut i = 1;
     while i < CHANGING.len() {
+        // Single-byte prefixes compare by their byte; the two-byte one comes last.
         assert!(
-            CHANGING[i - 1] < CHANGING[i],
+            CHANGING[i - 1][0] < CHANGING[i][0],
             "CHANGING must be in ascending order"
         );
         i += 1;
@@ -51,7 +63,7 @@ static COPIES_BEGUN: AtomicU64 = AtomicU64::new(0);
 /// True for a key a snapshot copies as a changing record. The map file's own state is left
 /// out: the receiver rebuilds the map file and writes its own.
 pub(super) fn is_changing(k: &[u8]) -> bool {
-    k.first().is_some_and(|p| CHANGING.contains(p))
+    CHANGING.iter().any(|prefix| k.starts_with(prefix))
         && !(k.first() == Some(&STATE) && &k[1..] == MAP_STATE)
 }
 
@@ -208,7 +220,7 @@ impl ChangingCopy {
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let scan = CHANGING
             .into_iter()
-            .flat_map(|prefix| self.tree.scan_prefix([prefix]))
+            .flat_map(|prefix| self.tree.scan_prefix(prefix))
             .filter_map(|r| {
                 let (k, live) = match r {
                     Ok(kv) => kv,
