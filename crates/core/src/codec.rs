@@ -95,10 +95,20 @@ fn status_from_pb(value: i32, leg: u32) -> Result<Status, CodecError> {
 impl ManifestState {
     /// The protobuf form.
     pub fn to_pb(&self) -> pb::ManifestState {
+        pb::ManifestState {
+            manifest: Some(self.manifest.clone()),
+            ..self.to_pb_without_manifest()
+        }
+    }
+
+    /// The protobuf form without the manifest itself (`manifest` unset). The manifest changes
+    /// only at creation and with each applied correction, while the rest changes with every
+    /// event, so a store may keep the two apart; [`ManifestState::from_pb`] needs them joined.
+    pub fn to_pb_without_manifest(&self) -> pb::ManifestState {
         let (status, leg) = status_to_pb(self.status);
         pb::ManifestState {
             tracking_number: Some(self.tracking.to_pb()),
-            manifest: Some(self.manifest.clone()),
+            manifest: None,
             status: status as i32,
             leg,
             destination: self.destination.clone(),

@@ -14,7 +14,8 @@
 //! |---|---|---|
 //! | `E` | index (u64 BE) | leaf bytes (`entry::LedgerEntry`) |
 //! | `N` | level (u8) ‖ index (u64 BE) | Merkle node hash |
-//! | `M` | canonical tracking number | `pb::ManifestState` |
+//! | `M` | canonical tracking number | `pb::ManifestState` without its `manifest` |
+//! | `B` | canonical tracking number ‖ 0x00 ‖ corrections applied (u32 BE) | index (u64 BE) of the entry that wrote it ‖ `pb::Manifest` at that revision |
 //! | `P` | registry id | `pb::PartyState` |
 //! | `K` | key id | registry id of the owner |
 //! | `H` | event hash | index (u64 BE) |
@@ -57,6 +58,7 @@ pub use integrity::{HistoryCheck, HistoryChecked, IntegrityError};
 const ENTRY: u8 = b'E';
 const NODE: u8 = b'N';
 const MANIFEST: u8 = b'M';
+const BODY: u8 = b'B';
 const PARTY: u8 = b'P';
 const KEY_OWNER: u8 = b'K';
 const EVENT: u8 = b'H';
@@ -73,6 +75,9 @@ const PARTY_INDEX: u8 = b'p';
 const CODE_INDEX: u8 = b'c';
 
 const CHAIN_HEAD: &[u8] = b"chain_head";
+/// Present once every manifest state is stored apart from its manifest (see
+/// [`split_manifest_bodies`]).
+const BODIES_SPLIT: &[u8] = b"manifest_bodies_split";
 const LAST_SEQUENCED: &[u8] = b"last_sequenced_at";
 const INTEGRITY: &[u8] = b"integrity_checkpoint";
 const PUBLISHED: &[u8] = b"published_checkpoint";
@@ -156,7 +161,8 @@ pub enum CosignOutcome {
 pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
 /// The records of a ledger's history that no later entry changes: entries, Merkle nodes of
-/// complete subtrees, the event-hash index and the party and waste-code indexes. Below a ledger size they are written once and
+/// complete subtrees, the event-hash index, the party and waste-code indexes and each revision
+/// of each manifest. Below a ledger size they are written once and
 /// never again, so they can be read while later entries are applied (a snapshot copies or
 /// sends them without stopping the ledger). Owns a handle to the tree, so it outlives a borrow
 /// of the store; an install that replaces the whole state invalidates what it reads, which the
@@ -185,14 +191,14 @@ impl SettledHistory {
             },
             Err(_) => true,
         });
-        // Both valued with the index of the entry that wrote them.
+        // All three begin their value with the index of the entry that wrote them.
         let written_before = move |r: &Result<(sled::IVec, sled::IVec), sled::Error>| match r {
-            Ok((_, v)) if v.is_empty() => true, // an index record from before it had one
             Ok((_, v)) => v
-                .as_ref()
-                .try_into()
+                .get(..8)
+                .and_then(|raw| raw.try_into().ok())
                 .map(u64::from_be_bytes)
-                .map_or(true, |index| index < size),
+                // An index record from before it carried one.
+                .is_none_or(|index| index < size),
             Err(_) => true,
         };
         let events = self.tree.scan_prefix([EVENT]).filter(written_before);
@@ -201,10 +207,12 @@ impl SettledHistory {
             .into_iter()
             .flatten()
             .filter(written_before);
+        let bodies = self.tree.scan_prefix([BODY]).filter(written_before);
         entries
             .chain(nodes)
             .chain(events)
             .chain(indexes)
+            .chain(bodies)
             .map(owned_record)
     }
 }
@@ -343,6 +351,53 @@ fn rebuild_map(
     Ok(map)
 }
 
+/// Manifests converted per sled batch by [`split_manifest_bodies`].
+const SPLIT_BATCH: usize = 1_000;
+
+/// Rewrites every manifest state stored with its manifest inline (as stores did before the
+/// `B` records) into a state without it and a `B` record at its revision, so that every read
+/// and every later write can rely on the split. Each batch is atomic and converting is
+/// idempotent, so a split cut short is finished at the next open; the marker is written last,
+/// and from then on this is one point read. The `B` records of converted manifests name the
+/// manifest's latest entry as their writer: any index below the ledger size classifies them as
+/// settled, and every node derives the same one.
+fn split_manifest_bodies(tree: &sled::Tree) -> Result<(), StoreError> {
+    if tree.get(key(STATE, BODIES_SPLIT))?.is_some() {
+        return Ok(());
+    }
+    let (mut converted, mut batch, mut in_batch) = (0u64, sled::Batch::default(), 0usize);
+    for item in tree.scan_prefix([MANIFEST]) {
+        let (k, v) = item?;
+        let mut state = pb::ManifestState::decode(v.as_ref())
+            .map_err(|_| StoreError::Corrupt("stored manifest state"))?;
+        let Some(manifest) = state.manifest.take() else {
+            continue; // converted by an earlier, interrupted split
+        };
+        let tracking =
+            std::str::from_utf8(&k[1..]).map_err(|_| StoreError::Corrupt("stored manifest key"))?;
+        let written_by = state.events.last().map_or(0, |e| e.index);
+        let mut body = written_by.to_be_bytes().to_vec();
+        body.extend_from_slice(&manifest.encode_to_vec());
+        batch.insert(body_key(tracking, state.corrections_applied), body);
+        batch.insert(k, state.encode_to_vec());
+        converted += 1;
+        in_batch += 1;
+        if in_batch == SPLIT_BATCH {
+            crate::durable::apply_sled_batch(tree, std::mem::take(&mut batch))?;
+            in_batch = 0;
+        }
+    }
+    batch.insert(key(STATE, BODIES_SPLIT), Vec::new());
+    crate::durable::apply_sled_batch(tree, batch)?;
+    if converted > 0 {
+        tracing::info!(
+            manifests = converted,
+            "stored each manifest apart from its changing state"
+        );
+    }
+    Ok(())
+}
+
 impl LedgerStore {
     /// Opens (or creates) the ledger state in `tree` for `genesis`.
     pub fn open(
@@ -351,6 +406,7 @@ impl LedgerStore {
         genesis: Genesis,
     ) -> Result<LedgerStore, StoreError> {
         let overlay: Overlay = Arc::default();
+        split_manifest_bodies(&tree)?;
         let size = match tree.scan_prefix([ENTRY]).next_back() {
             Some(last) => read_u64(&last?.0[1..], "entry key")? + 1,
             None => 0,
@@ -590,9 +646,17 @@ impl LedgerStore {
         match &decision.state {
             SubjectState::Manifest(m) => {
                 let tracking = m.tracking.to_string();
+                // The manifest itself only when it is new or corrected: it is most of the
+                // state's bytes, and every other event would rewrite it unchanged.
+                let revised = before.is_none_or(|b| b.corrections_applied != m.corrections_applied);
+                if revised {
+                    let mut body = index.to_be_bytes().to_vec();
+                    body.extend_from_slice(&m.manifest.encode_to_vec());
+                    self.stage(body_key(&tracking, m.corrections_applied), body);
+                }
                 self.stage(
                     key(MANIFEST, tracking.as_bytes()),
-                    m.to_pb().encode_to_vec(),
+                    m.to_pb_without_manifest().encode_to_vec(),
                 );
                 self.cache_manifest(&tracking, m);
                 let old_status = before.map(|b| b.status);
@@ -620,7 +684,7 @@ impl LedgerStore {
                         );
                     }
                 }
-                if before.is_none_or(|b| b.corrections_applied != m.corrections_applied) {
+                if revised {
                     for line in &m.manifest.lines {
                         for code in &line.codes {
                             let value = format!("{}:{}", code.system, code.code);
@@ -729,17 +793,43 @@ impl LedgerStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, pb::ManifestState)>, StoreError> {
-        self.records_after(MANIFEST, after, limit, "stored manifest state")
+        self.records_after(MANIFEST, after, limit, "stored manifest state")?
+            .into_iter()
+            .map(|(tracking, state)| {
+                let state = self.with_manifest(&tracking, state)?;
+                Ok((tracking, state))
+            })
+            .collect()
     }
 
     /// The stored state of the manifest with canonical tracking number `tracking`.
     pub fn manifest_state(&self, tracking: &str) -> Result<Option<pb::ManifestState>, StoreError> {
         self.read(&key(MANIFEST, tracking.as_bytes()))?
             .map(|v| {
-                pb::ManifestState::decode(v.as_slice())
-                    .map_err(|_| StoreError::Corrupt("stored manifest state"))
+                let state = pb::ManifestState::decode(v.as_slice())
+                    .map_err(|_| StoreError::Corrupt("stored manifest state"))?;
+                self.with_manifest(tracking, state)
             })
             .transpose()
+    }
+
+    /// A stored manifest state joined with its manifest at its revision.
+    fn with_manifest(
+        &self,
+        tracking: &str,
+        mut state: pb::ManifestState,
+    ) -> Result<pb::ManifestState, StoreError> {
+        if state.manifest.is_none() {
+            let body = self
+                .read(&body_key(tracking, state.corrections_applied))?
+                .ok_or(StoreError::Corrupt("manifest missing for a stored state"))?;
+            let manifest = body
+                .get(8..)
+                .and_then(|bytes| pb::Manifest::decode(bytes).ok())
+                .ok_or(StoreError::Corrupt("stored manifest"))?;
+            state.manifest = Some(manifest);
+        }
+        Ok(state)
     }
 
     /// Registered parties in registry-id order, strictly after `after`, at most `limit`.
@@ -1062,6 +1152,13 @@ struct StoredManifest {
     corrections_applied: u32,
 }
 
+fn body_key(tracking: &str, corrections_applied: u32) -> Vec<u8> {
+    let mut k = key(BODY, tracking.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&corrections_applied.to_be_bytes());
+    k
+}
+
 fn index_key(kind: u8, value: &str, tracking: &str) -> Vec<u8> {
     let mut k = vec![INDEX, kind];
     k.extend_from_slice(value.as_bytes());
@@ -1082,9 +1179,7 @@ impl LedgerView for LedgerStore {
         {
             return Some(state.clone());
         }
-        let bytes = self.read(&key(MANIFEST, canonical.as_bytes())).ok()??;
-        let state =
-            ManifestState::from_pb(&pb::ManifestState::decode(bytes.as_ref()).ok()?).ok()?;
+        let state = ManifestState::from_pb(&self.manifest_state(&canonical).ok()??).ok()?;
         self.cache_manifest(&canonical, &state);
         Some(state)
     }

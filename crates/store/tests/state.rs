@@ -61,6 +61,15 @@ fn events(net: &SampleNetwork) -> Vec<(pb::SignedEvent, i64)> {
     out
 }
 
+/// The creation of a second manifest, `cn:20261502000002`, at ledger time `time`.
+fn second_manifest_created(net: &SampleNetwork, time: i64) -> (pb::SignedEvent, i64) {
+    let flow = ManifestFlow::new(net, "20261502000002", time).unwrap();
+    let created = Kind::ManifestCreated(pb::ManifestCreated {
+        manifest: Some(net.manifest("20261502000002", &[ids::ROAD])),
+    });
+    (flow.event(created, &[ids::GENERATOR]), time)
+}
+
 fn temp_db() -> (tempfile::TempDir, DurableDb) {
     let dir = tempfile::tempdir().unwrap();
     let db = DurableDb::open(dir.path().join("db")).unwrap();
@@ -326,18 +335,9 @@ fn a_snapshot_taken_while_entries_are_applied_imports_as_of_its_size() {
     )
     .unwrap();
     let mut all = events(&net);
-    // A second manifest, created while the copy runs: its party and waste-code index records
-    // are settled history written after the snapshot's size.
-    let (last_time, second) = {
-        let time = all.last().unwrap().1;
-        let flow = ManifestFlow::new(&net, "20261502000002", time).unwrap();
-        let manifest = net.manifest("20261502000002", &[ids::ROAD]);
-        let created = Kind::ManifestCreated(pb::ManifestCreated {
-            manifest: Some(manifest),
-        });
-        (time, flow.event(created, &[ids::GENERATOR]))
-    };
-    all.push((second, last_time));
+    // A second manifest, created while the copy runs: its manifest and its party and
+    // waste-code index records are settled history written after the snapshot's size.
+    all.push(second_manifest_created(&net, all.last().unwrap().1));
     // The first manifest's first events before the snapshot, the rest while it is copied:
     // they change, create and delete changing records (its state, status indexes) on both
     // sides of the copy's scan position.
@@ -832,4 +832,84 @@ fn a_waste_code_a_correction_introduces_is_indexed() {
         store.index_scan(b'c', &hw("HW08"), None, 10).unwrap(),
         vec![format!("cn:{number}")]
     );
+}
+
+#[test]
+fn a_store_that_kept_manifests_inside_their_states_is_converted_at_open() {
+    let net = SampleNetwork::new().unwrap();
+    let (dir, db) = temp_db();
+    let map_path = dir.path().join("ledger.map");
+    // The first manifest's treatment (the last event) comes after the conversion; a second
+    // manifest is created before it.
+    let mut all = events(&net);
+    let treatment = all.pop().unwrap();
+    all.push(second_manifest_created(&net, treatment.1));
+    let mut reference = MemoryLedger::new(net.genesis.clone());
+    for (event, time) in all.iter().chain([&treatment]) {
+        let _ = reference.submit(event, *time);
+    }
+    let (first, second) = ("cn:20261502000001", "cn:20261502000002");
+    let states = {
+        let mut store = LedgerStore::open(
+            db.raw_tree("ledger").unwrap(),
+            &map_path,
+            net.genesis.clone(),
+        )
+        .unwrap();
+        for (event, time) in &all {
+            let _ = store.apply(event, *time, &[]).unwrap();
+        }
+        store.commit().unwrap();
+        [first, second].map(|t| store.manifest_state(t).unwrap().unwrap())
+    };
+    // Rewrite the first manifest the old way (its manifest inside its state, no `B` record, no
+    // marker); the second stays converted, as if an earlier conversion had been cut short.
+    let tree = db.raw_tree("ledger").unwrap();
+    let bodies = |tree: &sled::Tree| {
+        tree.scan_prefix(b"B")
+            .map(|r| String::from_utf8_lossy(&r.unwrap().0).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bodies(&tree).len(), 2);
+    tree.insert(
+        format!("M{first}"),
+        prost::Message::encode_to_vec(&states[0]),
+    )
+    .unwrap();
+    for k in bodies(&tree).into_iter().filter(|k| k.contains(first)) {
+        tree.remove(k).unwrap();
+    }
+    tree.remove("Smanifest_bodies_split").unwrap();
+
+    let mut store = LedgerStore::open(
+        db.raw_tree("ledger").unwrap(),
+        &map_path,
+        net.genesis.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        bodies(&tree).len(),
+        2,
+        "the first manifest's body was stored apart"
+    );
+    for r in tree.scan_prefix(b"M") {
+        let state: pb::ManifestState = prost::Message::decode(r.unwrap().1.as_ref()).unwrap();
+        assert!(state.manifest.is_none(), "a state still holds its manifest");
+    }
+    assert!(tree.get("Smanifest_bodies_split").unwrap().is_some());
+    assert_eq!(
+        [first, second].map(|t| store.manifest_state(t).unwrap().unwrap()),
+        states
+    );
+    // The converted manifest goes on: its treatment is decided against the joined state.
+    let _ = store
+        .apply(&treatment.0, treatment.1, &[])
+        .unwrap()
+        .unwrap();
+    store.commit().unwrap();
+    assert_eq!(
+        store.manifest_state(first).unwrap().unwrap().status,
+        pb::ManifestStatus::Treated as i32
+    );
+    assert_eq!(store.chain_head(), reference.chain_head());
 }
