@@ -279,19 +279,22 @@ impl Cluster {
         None
     }
 
-    /// Waits for node `id`'s process to exit by itself (bounded); returns its exit code.
+    /// Waits for node `id`'s process to exit by itself (bounded; a zero timeout looks once);
+    /// returns its exit code.
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             if let Some(child) = self.procs.get_mut(&id)
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.procs.remove(&id);
                 return status.code();
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        None
     }
 
     /// The log written by node `id`'s processes so far.

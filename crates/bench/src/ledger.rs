@@ -213,6 +213,9 @@ pub(crate) struct Extras {
     /// Seconds from asking the leader to add a new (empty) replica as a learner to that replica
     /// holding the whole ledger, with the same root.
     pub(crate) learner_catch_up_seconds: Option<f64>,
+    /// How many times the learner exited with a stalled storage and was started again, as its
+    /// supervisor would; its catch-up time includes those restarts.
+    pub(crate) learner_restarts: Option<u32>,
     /// Custody proofs fetched per second (one client).
     pub(crate) proof_fetches_per_sec: Option<f64>,
     /// Custody proofs verified offline per second, on one core.
@@ -315,22 +318,30 @@ pub(crate) async fn run(
         measured(&reports, &extras);
     }
     if opts.learner {
-        extras.learner_catch_up_seconds =
-            Some(learner_catch_up(&mut cluster, leader, &head).await?);
+        let (seconds, restarts) = learner_catch_up(&mut cluster, leader, &head).await?;
+        extras.learner_catch_up_seconds = Some(seconds);
+        extras.learner_restarts = Some(restarts);
         measured(&reports, &extras);
     }
     Ok((reports, extras))
 }
 
+/// `wasteledger node`'s exit code when its storage stalled (docs/cli.md): its supervisor is
+/// expected to start it again.
+const EXIT_STORAGE_STALLED: i32 = 4;
+/// Restarts after a stall [`learner_catch_up`] allows before giving up.
+const MAX_LEARNER_RESTARTS: u32 = 3;
+
 /// Starts an empty replica, asks `leader` to add it as a learner and waits until it holds
-/// `head` (size and root); returns the seconds from the request to then. The log the
-/// replica needs has been purged after the last snapshot, so it catches up by snapshot
-/// (its log says `snapshot installed` with the read, import and verify times).
+/// `head` (size and root); returns the seconds from the request to then, and how many times
+/// the replica had to be restarted after its storage stalled. The log the replica needs has
+/// been purged after the last snapshot, so it catches up by snapshot (its log says
+/// `snapshot installed` with the read, import and verify times).
 async fn learner_catch_up(
     cluster: &mut Cluster,
     leader: u64,
     head: &pb::LedgerHead,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, u32)> {
     let replica = cluster.add_replica();
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.status(replica).await.is_none() {
@@ -355,7 +366,25 @@ async fn learner_catch_up(
         Err(s) => bail!("AddLearner refused: {:?} {}", s.code(), s.message()),
     }
     let deadline = t + Duration::from_secs(1800);
+    let mut restarts = 0;
     loop {
+        // A node whose storage stalls exits for its supervisor to restart it, and finishes
+        // an interrupted snapshot install when it starts: do what the supervisor would.
+        match cluster.wait_exit(replica, Duration::ZERO) {
+            None => {}
+            Some(EXIT_STORAGE_STALLED) if restarts < MAX_LEARNER_RESTARTS => {
+                restarts += 1;
+                eprintln!("the learner's storage stalled; starting it again ({restarts})");
+                cluster.start_node(replica);
+            }
+            Some(code) => bail!(
+                "the learner (node {replica}) exited with code {code} after {restarts} \
+                 restarts; see its log"
+            ),
+        }
+        if cluster.pid(replica).is_none() {
+            bail!("the learner (node {replica}) was killed by a signal; see its log");
+        }
         if let Some(h) = cluster.head(replica).await
             && h.size >= head.size
         {
@@ -369,7 +398,7 @@ async fn learner_catch_up(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(t.elapsed().as_secs_f64())
+    Ok((t.elapsed().as_secs_f64(), restarts))
 }
 
 /// Every second, how many entries the published checkpoint trails the head of the node at
