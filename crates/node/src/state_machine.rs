@@ -482,7 +482,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
     /// copy. The records later entries can change (subject states, indexes, metadata) are
     /// copied as of that moment while entries go on being applied (`ChangingCopy` keeps what
     /// a key held before its first write since). The settled history below the snapshot's
-    /// size (entries, complete Merkle subtrees, the event index: most of the bytes) is not
+    /// size (entries, complete Merkle subtrees, most indexes, manifests: most of the bytes) is not
     /// copied at all: the store keeps it unchanged, and it is read from there when the
     /// snapshot is sent (`snapshot_file::wire_chunks`).
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {

@@ -9,7 +9,8 @@
 //! however long it takes to read them.
 //!
 //! A copy can be read two ways. [`ChangingCopy::records`] scans every changing record in the
-//! tree: at a million events that is ~280 MB of sled reads, ~10 s of CPU on every node at every
+//! tree: at a million events that is ~115 MB of sled reads (~280 MB before manifests and their
+//! party and code index records became settled history), seconds of CPU on every node at every
 //! snapshot, and it grows with history. [`ChangingCopy::records_since`] instead takes the
 //! records of the previous copy (the previous snapshot file) and the records written since
 //! that copy began, which the store keeps in memory from one copy to the next: the snapshot
@@ -214,7 +215,7 @@ impl ChangingCopy {
         self.number
     }
 
-    /// Every record, each once, by a scan of the tree (~10 s at a million events). Keys
+    /// Every record, each once, by a scan of the tree (seconds at a million events). Keys
     /// deleted since the copy began are reported from their recorded value after the scan.
     /// Read them on one thread, to the end.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
