@@ -545,7 +545,9 @@ async fn a_node_whose_storage_stalls_exits_and_comes_back_whole() {
     let logs = cluster.logs(stalled);
     assert_eq!(
         code,
-        Some(4),
+        Some(i32::from(
+            wasteledger_server::runtime::STORAGE_STALLED_EXIT_CODE
+        )),
         "node {stalled} did not exit as stalled:\n{logs}"
     );
     assert!(logs.contains("storage stalled"), "{logs}");

@@ -326,9 +326,6 @@ pub(crate) async fn run(
     Ok((reports, extras))
 }
 
-/// `wasteledger node`'s exit code when its storage stalled (docs/cli.md): its supervisor is
-/// expected to start it again.
-const EXIT_STORAGE_STALLED: i32 = 4;
 /// Restarts after a stall [`learner_catch_up`] allows before giving up.
 const MAX_LEARNER_RESTARTS: u32 = 3;
 
@@ -367,12 +364,13 @@ async fn learner_catch_up(
     }
     let deadline = t + Duration::from_secs(1800);
     let mut restarts = 0;
+    let stalled_code = i32::from(wasteledger_server::runtime::STORAGE_STALLED_EXIT_CODE);
     loop {
         // A node whose storage stalls exits for its supervisor to restart it, and finishes
         // an interrupted snapshot install when it starts: do what the supervisor would.
         match cluster.wait_exit(replica, Duration::ZERO) {
             None => {}
-            Some(EXIT_STORAGE_STALLED) if restarts < MAX_LEARNER_RESTARTS => {
+            Some(code) if code == stalled_code && restarts < MAX_LEARNER_RESTARTS => {
                 restarts += 1;
                 eprintln!("the learner's storage stalled; starting it again ({restarts})");
                 cluster.start_node(replica);

@@ -15,7 +15,7 @@ pub(crate) const REMOTE: u8 = 3;
 
 /// `wasteledger node` only: the node's storage stopped making progress and the process exited
 /// so that its supervisor restarts it (`storage.stall_timeout_s`).
-pub(crate) const STORAGE_STALLED: u8 = 4;
+pub(crate) const STORAGE_STALLED: u8 = wasteledger_server::runtime::STORAGE_STALLED_EXIT_CODE;
 
 /// The text `--help` shows about exit codes.
 pub(crate) const EXIT_CODES_HELP: &str = "Exit codes:

@@ -9,9 +9,10 @@
 //! A *complete* snapshot (`omitted_below` = 0) holds the whole state; it is what travels to a
 //! peer and what an install accepts. A snapshot a node builds of its own state omits the
 //! settled history below its ledger size (entries, complete Merkle subtrees, the event, party
-//! and waste-code indexes, each manifest's revisions: see [`SettledHistory`]): those records never change once written, so the node's own store
-//! already holds them, and copying gigabytes of history into every snapshot is what used to
-//! slow the ledger for tens of seconds at each one. When such a snapshot is sent, the settled
+//! and waste-code indexes, each manifest's revisions: see [`SettledHistory`]): those records
+//! never change once written, so the node's own store already holds them, and copying
+//! gigabytes of history into every snapshot is what used to slow the ledger for tens of
+//! seconds at each one. When such a snapshot is sent, the settled
 //! records are read from the store as the stream is produced ([`wire_chunks`]), so the peer
 //! still receives a complete snapshot with its own checksum.
 //!

@@ -160,6 +160,11 @@ fn witness_identity(
     }
 }
 
+/// The exit code of a process that runs one node and exits from `on_storage_stall` (see
+/// [`run_node`]): `wasteledger node` uses it, and a supervisor (or a benchmark standing in for
+/// one) restarts the node on it.
+pub const STORAGE_STALLED_EXIT_CODE: u8 = 4;
+
 /// Runs the node described by `config` until `shutdown` resolves.
 ///
 /// `on_storage_stall` runs, on a thread of its own, if a sync of the node's database runs
