@@ -6,7 +6,8 @@
 //! writes nothing: the caller persists the returned [`Decision`] (new subject state, leaf,
 //! tree and map updates) in its own storage, atomically with "last applied".
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Range;
 
 use crate::custody::{
     CustodyError, EventContext, ManifestState, PartyLookup, apply_manifest_event,
@@ -452,4 +453,191 @@ pub fn evaluate(
         signers,
         state,
     })
+}
+
+/// Splits `events`, in the order a client submitted them, into consecutive runs whose events
+/// may all be checked against the same ledger state: within a run no two events touch the same
+/// subject, and a registry event is alone.
+///
+/// Why that suffices: [`evaluate`] reads, for a manifest event, that manifest's state and the
+/// registry (keys, roles, parties); for a registry event, the registry. An event in a run
+/// therefore decides the same against the state before the run as against the state after the
+/// run's earlier events, which touch other manifests and no registry. Two identical events
+/// share their subject, so duplicate detection is not fooled either. An event that does not
+/// decode has no subject; it is refused whatever the state and joins the current run.
+///
+/// The leader uses this to check and propose a batch a run at a time (`SubmitBatch`), so a
+/// bulk of independent events shares Raft entries instead of waiting for one commit each.
+pub fn independent_runs(ledger_id: &Digest, events: &[pb::SignedEvent]) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut subjects: HashSet<Digest> = HashSet::new();
+    let mut run_has_registry_event = false;
+    for (i, signed) in events.iter().enumerate() {
+        let subject = decode_event(ledger_id, signed).ok().map(|e| e.subject);
+        let is_registry_event = matches!(subject, Some(Subject::Party(_)));
+        let key = subject.map(|s| s.map_key());
+        let depends_on_run = run_has_registry_event
+            || (is_registry_event && i > start)
+            || key.is_some_and(|k| subjects.contains(&k));
+        if depends_on_run {
+            runs.push(start..i);
+            start = i;
+            subjects.clear();
+            run_has_registry_event = false;
+        }
+        subjects.extend(key);
+        run_has_registry_event |= is_registry_event;
+    }
+    if start < events.len() {
+        runs.push(start..events.len());
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::memory::MemoryLedger;
+    use crate::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
+
+    const NUMBERS: [&str; 3] = ["20261502000001", "20261502000002", "20261502000003"];
+
+    /// Each manifest's whole lifecycle (creation, two handoffs, receipt, treatment), signed in
+    /// order by the right parties.
+    fn lifecycles(net: &SampleNetwork) -> Vec<Vec<pb::SignedEvent>> {
+        NUMBERS
+            .iter()
+            .map(|number| {
+                let mut flow = ManifestFlow::new(net, number, T0).unwrap();
+                let steps: Vec<(pb::event_body::Kind, Vec<&str>)> = vec![
+                    (
+                        pb::event_body::Kind::ManifestCreated(pb::ManifestCreated {
+                            manifest: Some(net.manifest(number, &[ids::ROAD])),
+                        }),
+                        vec![ids::GENERATOR],
+                    ),
+                    (
+                        ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+                        vec![ids::GENERATOR, ids::ROAD],
+                    ),
+                    (
+                        ManifestFlow::handoff(ids::ROAD, ids::FACILITY),
+                        vec![ids::ROAD, ids::FACILITY],
+                    ),
+                    (
+                        ManifestFlow::received("8.6", "1800", 12),
+                        vec![ids::FACILITY],
+                    ),
+                    (ManifestFlow::treated(&[1, 2], T0), vec![ids::FACILITY]),
+                ];
+                steps
+                    .into_iter()
+                    .map(|(kind, signers)| {
+                        let event = flow.event(kind, &signers);
+                        flow.accept(&event);
+                        event
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn verdict(r: Result<impl Sized, Rejection>) -> Result<(), &'static str> {
+        r.map(|_| ()).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn a_registry_event_and_a_repeated_subject_start_new_runs() {
+        let net = SampleNetwork::new().unwrap();
+        let flows = lifecycles(&net);
+        let registration = net.registrations().remove(0);
+        let garbage = pb::SignedEvent {
+            body: vec![0xff; 8],
+            signatures: vec![],
+        };
+        let events = vec![
+            flows[0][0].clone(),
+            flows[1][0].clone(),
+            garbage.clone(),
+            flows[0][1].clone(), // manifest 1 again
+            registration.clone(),
+            flows[2][0].clone(), // after a registry event
+            flows[2][1].clone(),
+            registration,
+            garbage,
+        ];
+        assert_eq!(
+            independent_runs(&net.ledger_id(), &events),
+            vec![0..3, 3..4, 4..5, 5..6, 6..7, 7..8, 8..9]
+        );
+        assert!(independent_runs(&net.ledger_id(), &[]).is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the mix (three lifecycles interleaved, events dropped so later ones come
+        /// out of order, events repeated, parties registered mid-batch), every event's verdict against the
+        /// state before its run equals its verdict in sequence, and the runs cover the batch in
+        /// order.
+        #[test]
+        fn a_run_decides_as_the_sequence_does(
+            picks in proptest::collection::vec((0usize..4, 0u8..10), 1..24),
+            unregistered in any::<u8>(),
+        ) {
+            let net = SampleNetwork::new().unwrap();
+            let flows = lifecycles(&net);
+            let registrations = net.registrations();
+            // Some parties start unregistered, so a registration in the batch changes what
+            // the manifest events after it decide.
+            let mut ledger = MemoryLedger::new(net.genesis.clone());
+            for (i, registration) in registrations.iter().enumerate() {
+                if unregistered & (1 << (i % 8)) == 0 {
+                    ledger.submit(registration, T0 - HOUR).unwrap();
+                }
+            }
+            let mut next = [0usize; 3];
+            let mut events: Vec<pb::SignedEvent> = Vec::new();
+            for (subject, action) in picks {
+                match (subject, action) {
+                    (3, _) => events.push(registrations[action as usize % registrations.len()].clone()),
+                    // Repeat an event already in the batch.
+                    (_, 0) if !events.is_empty() => {
+                        let again = events[subject % events.len()].clone();
+                        events.push(again);
+                    }
+                    // Skip one: the manifest's next event no longer extends its head.
+                    (m, 1) => next[m] += 1,
+                    (m, _) => {
+                        if let Some(e) = flows[m].get(next[m]) {
+                            events.push(e.clone());
+                        }
+                        next[m] += 1;
+                    }
+                }
+            }
+            let runs = independent_runs(&net.ledger_id(), &events);
+            let covered: Vec<usize> = runs.iter().flat_map(|r| r.clone()).collect();
+            prop_assert_eq!(covered, (0..events.len()).collect::<Vec<_>>());
+            prop_assert!(runs.iter().all(|r| !r.is_empty()));
+
+            let now = T0 + 100 * HOUR;
+            for run in runs {
+                let before: Vec<_> = events[run.clone()]
+                    .iter()
+                    .map(|e| verdict(evaluate(ledger.genesis(), &ledger, e, now)))
+                    .collect();
+                let in_sequence: Vec<_> = events[run]
+                    .iter()
+                    .map(|e| verdict(ledger.submit(e, now)))
+                    .collect();
+                prop_assert_eq!(before, in_sequence);
+            }
+        }
+    }
 }
