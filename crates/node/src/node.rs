@@ -103,6 +103,23 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
 }
 
+/// A submission the leader pre-checked and queued; [`Submitted::answer`] waits for its
+/// outcome.
+pub struct Submitted {
+    queued: crate::proposer::Queued,
+    started: Instant,
+}
+
+impl Submitted {
+    /// The state machine's answer once the event is committed and applied on this node.
+    pub async fn answer(self) -> Result<LedgerResponse, WriteError> {
+        let outcome = self.queued.answer().await;
+        metrics::histogram!("wasteledger_propose_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        outcome
+    }
+}
+
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -297,11 +314,20 @@ impl Node {
         }
     }
 
-    /// Submits a `SignedEvent` on the leader: stamps the ledger time, pre-checks it (fail fast,
-    /// nothing proposed on a refusal), proposes it (grouped with concurrent submissions, see
-    /// [`crate::proposer`]), and returns the state machine's answer to it after commit and
-    /// apply.
+    /// Submits a `SignedEvent` on the leader and returns the state machine's answer to it
+    /// after commit and apply: [`Node::enqueue`], then [`Submitted::answer`].
     pub async fn submit(&self, signed: pb::SignedEvent) -> Result<LedgerResponse, WriteError> {
+        self.enqueue(&signed).await?.answer().await
+    }
+
+    /// The first half of a submission, on the leader: stamps the ledger time, pre-checks the
+    /// event against the state as it is now (fail fast, nothing proposed on a refusal) and
+    /// queues it for proposal (grouped with concurrent submissions, see [`crate::proposer`]).
+    /// Events enqueued one after another by one task are decided in that order; each is
+    /// pre-checked without the ones before it that are still in flight, so a caller that
+    /// enqueues several at once must only do so for events that do not depend on each other
+    /// ([`wasteledger_core::ledger::independent_runs`]).
+    pub async fn enqueue(&self, signed: &pb::SignedEvent) -> Result<Submitted, WriteError> {
         // Only the leader pre-checks: a follower's state may lag behind what was acknowledged,
         // so its verdict could be stale. Followers hand the write to the leader.
         if !self.raft.is_leader() {
@@ -312,7 +338,7 @@ impl Node {
         let started = Instant::now();
         let precheck = self
             .state_machine
-            .with_store(|s| s.check(&signed, sequenced_at).map(|_| ()))
+            .with_store(|s| s.check(signed, sequenced_at).map(|_| ()))
             .map_err(|e| WriteError::Raft(e.to_string()))?;
         // The two halves of a Submit on the leader, so an operator (or a benchmark) can see
         // whether time goes to checking the event or to replicating and applying it.
@@ -333,15 +359,14 @@ impl Node {
             });
         }
         let started = Instant::now();
-        let outcome = self
+        let queued = self
             .proposer
-            .submit(StampedEvent {
+            .enqueue(StampedEvent {
                 event: signed.encode_to_vec(),
                 sequenced_at,
             })
-            .await;
-        metrics::histogram!("wasteledger_propose_seconds").record(started.elapsed().as_secs_f64());
-        outcome
+            .await?;
+        Ok(Submitted { queued, started })
     }
 
     /// Proposes a request and waits for it to be applied.

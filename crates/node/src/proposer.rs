@@ -51,6 +51,21 @@ fn fits(group_bytes: usize, cost: usize) -> bool {
     ENTRY_OVERHEAD + group_bytes + cost <= MAX_ENTRY_BYTES
 }
 
+/// An event in the queue (or in Raft): [`Queued::answer`] waits for the state machine's
+/// answer to it.
+pub struct Queued(oneshot::Receiver<Result<LedgerResponse, WriteError>>);
+
+impl Queued {
+    /// The state machine's answer once the event's group is applied on this node.
+    pub async fn answer(self) -> Result<LedgerResponse, WriteError> {
+        self.0.await.map_err(|_| shutting_down())?
+    }
+}
+
+fn shutting_down() -> WriteError {
+    WriteError::Raft("the node is shutting down".into())
+}
+
 /// A submission waiting for its group's answer.
 struct Pending {
     event: StampedEvent,
@@ -73,9 +88,9 @@ impl Proposer {
         Proposer { queue, task }
     }
 
-    /// Proposes `event` (in a group with whatever else is waiting) and returns its own answer
-    /// once applied on this node.
-    pub async fn submit(&self, event: StampedEvent) -> Result<LedgerResponse, WriteError> {
+    /// Queues `event` to be proposed in a group with whatever else is waiting. Events queued
+    /// one after another from one task are proposed, and so decided, in that order.
+    pub async fn enqueue(&self, event: StampedEvent) -> Result<Queued, WriteError> {
         if !fits(0, encoded_cost(&event)) {
             // The API's size limits keep events far below this; refuse rather than let the
             // log refuse a whole group.
@@ -91,12 +106,11 @@ impl Proposer {
             });
         }
         let (reply, answer) = oneshot::channel();
-        let stopped = || WriteError::Raft("the node is shutting down".into());
         self.queue
             .send(Pending { event, reply })
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| shutting_down())?;
+        Ok(Queued(answer))
     }
 
     /// Stops taking submissions; those already proposed are answered by Raft (or its
