@@ -304,7 +304,9 @@ async fn writes_and_reads_through_any_node() {
     // A batch through a follower: every item decided, in order, one result each; a bad item
     // in the middle does not undo or stop the others.
     let mut events = manifests(&cluster, 1, 20);
-    let mut forged = events[3].clone();
+    // A new event (not a copy of one in the batch: that would be answered as a resubmission
+    // of the recorded original) whose signature is broken.
+    let mut forged = manifests(&cluster, 30, 1).remove(0);
     forged.signatures[0].signature[0] ^= 1;
     events.insert(4, forged);
     let mut client = cluster.client(follower).await.unwrap();
@@ -316,6 +318,7 @@ async fn writes_and_reads_through_any_node() {
         .expect("batch")
         .into_inner();
     assert_eq!(response.results.len(), events.len());
+    let mut previous_index = None;
     for (i, result) in response.results.iter().enumerate() {
         match (&result.result, i) {
             (Some(pb::submit_result::Result::Rejected(e)), 4) => {
@@ -324,10 +327,22 @@ async fn writes_and_reads_through_any_node() {
             }
             (Some(pb::submit_result::Result::Accepted(r)), _) => {
                 assert_eq!(r.tree_size, r.index + 1);
+                // Independent items are committed together, yet recorded in batch order.
+                assert!(
+                    previous_index < Some(r.index),
+                    "item {i} out of order: {r:?}"
+                );
+                previous_index = Some(r.index);
             }
             other => panic!("item {i}: {other:?}"),
         }
     }
+    let rejected = response
+        .results
+        .iter()
+        .filter(|r| matches!(r.result, Some(pb::submit_result::Result::Rejected(_))))
+        .count();
+    assert_eq!(rejected, 1, "only the forged item is refused");
     let accepted = events.len() as u64 - 1;
 
     // Idempotent resubmission, single and batched: the original receipts, no new entries.
