@@ -82,12 +82,16 @@ pub(crate) struct Target {
     pub(crate) api: String,
 }
 
-/// Drives `lifecycles` with `clients` concurrent clients (each submits one lifecycle at a
-/// time, event by event), stopping after `duration` if given. Returns the start time, the
-/// latency samples and how many submissions were retried during leader elections.
+/// Drives `lifecycles` with `clients` concurrent clients, stopping after `duration` if given.
+/// Each client takes `batch` lifecycles at a time and advances them together, one step per
+/// call: a `Submit` of one event when `batch` is 1, else a `SubmitBatch` of the step's events
+/// (independent: one per manifest), as a client signing a morning's pickups would. Returns the
+/// start time, the latency samples (one per event: its call's latency) and how many calls were
+/// retried during leader elections.
 pub(crate) async fn drive(
     target: &Target,
     clients: usize,
+    batch: usize,
     lifecycles: Vec<Lifecycle>,
     duration: Option<Duration>,
 ) -> anyhow::Result<(Instant, Vec<Sample>, u64)> {
@@ -131,39 +135,25 @@ pub(crate) async fn drive(
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let next = queue
-                    .lock()
-                    .map_err(|_| anyhow!("queue poisoned"))?
-                    .pop_front();
-                let Some(events) = next else { break };
-                for event in events {
+                let group: Vec<Lifecycle> = {
+                    let mut queue = queue.lock().map_err(|_| anyhow!("queue poisoned"))?;
+                    let take = batch.max(1).min(queue.len());
+                    queue.drain(..take).collect()
+                };
+                if group.is_empty() {
+                    break;
+                }
+                for step in 0..EVENTS_PER_LIFECYCLE {
+                    let events: Vec<pb::SignedEvent> =
+                        group.iter().filter_map(|l| l.get(step).cloned()).collect();
                     let t = Instant::now();
-                    // A client resubmits the same signed event while the cluster has no
-                    // leader (an election): resubmission is idempotent, so this never
-                    // double-records, and the latency includes the wait.
-                    let mut attempts = 0;
-                    loop {
-                        match client.submit(event.clone()).await {
-                            Ok(_) => break,
-                            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 300 => {
-                                attempts += 1;
-                                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(s) => {
-                                return Err(anyhow!(
-                                    "submit refused: {:?} {}",
-                                    s.code(),
-                                    s.message()
-                                ));
-                            }
-                        }
-                    }
-                    samples.push(Sample {
-                        done: Instant::now(),
-                        latency: t.elapsed(),
-                    });
-                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    submit_with_retry(&mut client, events.clone(), &retries).await?;
+                    let (finished, latency) = (Instant::now(), t.elapsed());
+                    samples.extend(events.iter().map(|_| Sample {
+                        done: finished,
+                        latency,
+                    }));
+                    done.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Ok::<_, anyhow::Error>(samples)
@@ -181,6 +171,55 @@ pub(crate) async fn drive(
     ))
 }
 
+/// Retries of one call while the cluster has no leader (100 ms apart: 30 s in all).
+const MAX_ATTEMPTS: u32 = 300;
+
+/// Submits `events` (one `Submit`, or one `SubmitBatch` when there are several) until every
+/// one is accepted. While the cluster has no leader (an election) the call, or a batch item,
+/// answers UNAVAILABLE: the whole call is made again, which is idempotent (recorded events
+/// return their original receipts), so nothing is recorded twice and the latency includes
+/// the wait. Any other refusal ends the run.
+async fn submit_with_retry(
+    client: &mut LedgerServiceClient<tonic::transport::Channel>,
+    events: Vec<pb::SignedEvent>,
+    retries: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<()> {
+    let unavailable = tonic::Code::Unavailable as i32;
+    for _ in 0..MAX_ATTEMPTS {
+        let outcome = match events.as_slice() {
+            [event] => client.submit(event.clone()).await.map(|_| None),
+            _ => client
+                .submit_batch(pb::SubmitBatchRequest {
+                    events: events.clone(),
+                })
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .results
+                        .into_iter()
+                        .find_map(|r| match r.result {
+                            Some(pb::submit_result::Result::Accepted(_)) => None,
+                            Some(pb::submit_result::Result::Rejected(e)) => Some(e),
+                            None => Some(pb::SubmitError {
+                                message: "an item without a result".into(),
+                                ..Default::default()
+                            }),
+                        })
+                }),
+        };
+        match outcome {
+            Ok(None) => return Ok(()),
+            Ok(Some(e)) if e.code == unavailable => {}
+            Ok(Some(e)) => bail!("batch item refused: {} {} {}", e.code, e.reason, e.message),
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            Err(s) => bail!("submit refused: {:?} {}", s.code(), s.message()),
+        }
+        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader for {} s", MAX_ATTEMPTS / 10)
+}
+
 /// Options of a WasteLedger benchmark.
 pub(crate) struct LedgerBench {
     /// The `wasteledger` binary.
@@ -193,6 +232,8 @@ pub(crate) struct LedgerBench {
     pub(crate) duration: Option<Duration>,
     /// Window size for throughput-over-history, in events (0 = none).
     pub(crate) window: usize,
+    /// Lifecycles each client advances together, one `SubmitBatch` per step (1 = `Submit`).
+    pub(crate) batch: usize,
     /// Custody proofs to fetch and verify at the end (0 = skip).
     pub(crate) proofs: usize,
     /// Measure a node restart at the end.
@@ -260,7 +301,8 @@ pub(crate) async fn run(
             .collect();
         let lags = Arc::new(Mutex::new(Vec::new()));
         let sampler = tokio::spawn(sample_checkpoint_lag(target.api.clone(), lags.clone()));
-        let (started, samples, retries) = drive(&target, clients, work, opts.duration).await?;
+        let (started, samples, retries) =
+            drive(&target, clients, opts.batch, work, opts.duration).await?;
         sampler.abort();
         let mut report = summarise("wasteledger", clients, started, samples, opts.window);
         report.retries = retries;

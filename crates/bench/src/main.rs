@@ -51,6 +51,10 @@ enum Command {
         /// The wasteledger binary (default: next to this one).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Each client advances this many lifecycles together, sending each step's events in
+        /// one SubmitBatch (at most 256); 1 sends one Submit per event.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=wasteledger_server::MAX_BATCH as i64))]
+        batch: u16,
         /// Fetch and verify this many custody proofs at the end.
         #[arg(long, default_value_t = 0)]
         proofs: usize,
@@ -142,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ledger {
             load,
             binary,
+            batch,
             proofs,
             restart,
             learner,
@@ -160,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
                 events: load.events,
                 duration: load.duration.map(Duration::from_secs),
                 window: load.window,
+                batch: usize::from(batch),
                 proofs,
                 restart,
                 learner,
