@@ -547,6 +547,36 @@ async fn writes_and_reads_through_any_node() {
         .await
         .expect_err("beyond the ledger");
     assert_eq!(status.code(), tonic::Code::OutOfRange);
+
+    // A full batch of independent creations is checked and queued as one run, so its items
+    // go into Raft in several groups at once; they are still recorded in batch order.
+    let bulk = manifests(&cluster, 100, 200)
+        .into_iter()
+        .filter(|e| {
+            let body = pb::EventBody::decode(e.body.as_slice()).unwrap();
+            matches!(body.kind, Some(Kind::ManifestCreated(_)))
+        })
+        .collect::<Vec<_>>();
+    let response = fc
+        .submit_batch(pb::SubmitBatchRequest {
+            events: bulk.clone(),
+        })
+        .await
+        .expect("bulk batch")
+        .into_inner();
+    let indexes: Vec<u64> = response
+        .results
+        .iter()
+        .map(|r| match &r.result {
+            Some(pb::submit_result::Result::Accepted(receipt)) => receipt.index,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(indexes.len(), bulk.len());
+    assert!(
+        indexes.windows(2).all(|w| w[0] + 1 == w[1]),
+        "one run, recorded in batch order and contiguously: {indexes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

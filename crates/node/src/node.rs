@@ -22,7 +22,7 @@ use crate::network::{Network, raft_service};
 use crate::proposer::Proposer;
 use crate::snapshot_trigger::SnapshotTrigger;
 use crate::state_machine::LedgerStateMachine;
-use crate::types::{LedgerRaft, LedgerRequest, LedgerResponse, NodeAddr, StampedEvent};
+use crate::types::{LedgerRaft, LedgerRequest, LedgerResponse, NodeAddr, StampedEvent, TypeConfig};
 
 /// Raft timings. Defaults are tuned for fsync-bound traffic on a small machine: a heartbeat well
 /// under half the election timeout, and an election timeout long enough that a slow fsync does
@@ -186,12 +186,19 @@ pub(crate) async fn propose(
 ) -> Result<LedgerResponse, WriteError> {
     match raft.client_write(request).await {
         Ok(response) => Ok(response.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(WriteError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            })
-        }
+        Err(RaftError::APIError(e)) => Err(write_error(e)),
         Err(e) => Err(WriteError::Raft(e.to_string())),
+    }
+}
+
+/// The [`WriteError`] for a write Raft refused: "not the leader" (with the leader, when known)
+/// or the reason.
+pub(crate) fn write_error(e: ClientWriteError<TypeConfig>) -> WriteError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => WriteError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        other => WriteError::Raft(other.to_string()),
     }
 }
 

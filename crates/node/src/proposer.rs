@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use openraft::impls::ProgressResponder;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -120,8 +121,13 @@ impl Proposer {
     }
 }
 
-/// The queue's loop: take a proposal slot, gather what is waiting into a group, propose it
-/// in its own task, repeat. Ends when the [`Proposer`] is dropped.
+/// The queue's loop: take a proposal slot, gather what is waiting into a group, hand it to
+/// Raft, repeat; each group's answer is awaited in its own task. Ends when the [`Proposer`]
+/// is dropped.
+///
+/// Groups are handed to Raft here, in the loop, rather than from the task that waits: tasks
+/// may start in any order (tokio runs the newest spawned task first), and groups must enter
+/// the log in the order their events were queued.
 async fn run(raft: LedgerRaft, mut waiting: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carried: Option<Pending> = None;
@@ -152,19 +158,35 @@ async fn run(raft: LedgerRaft, mut waiting: mpsc::Receiver<Pending>) {
             group.push(next);
         }
         metrics::histogram!("wasteledger_group_events").record(group.len() as f64);
-        let raft = raft.clone();
+        let (events, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|p| (p.event, p.reply)).unzip();
+        let expected = events.len();
+        let (responder, answer) = ProgressResponder::complete_only();
+        let proposed = raft
+            .client_write_ff(LedgerRequest::SubmitBatch { events }, Some(responder))
+            .await;
         tokio::spawn(async move {
-            propose_group(&raft, group).await;
+            let outcome = match proposed {
+                Ok(()) => match answer.await {
+                    Ok(written) => written
+                        .map(|response| response.data)
+                        .map_err(crate::node::write_error),
+                    Err(_) => Err(shutting_down()),
+                },
+                Err(fatal) => Err(WriteError::Raft(fatal.to_string())),
+            };
+            answer_group(outcome, expected, replies);
             drop(slot);
         });
     }
 }
 
-/// Proposes one group and hands each submitter its own answer.
-async fn propose_group(raft: &LedgerRaft, group: Vec<Pending>) {
-    let (events, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.event, p.reply)).unzip();
-    let expected = events.len();
-    let outcome = crate::node::propose(raft, LedgerRequest::SubmitBatch { events }).await;
+/// Hands each submitter of a group its own answer.
+fn answer_group(
+    outcome: Result<LedgerResponse, WriteError>,
+    expected: usize,
+    replies: Vec<oneshot::Sender<Result<LedgerResponse, WriteError>>>,
+) {
     match outcome {
         Ok(LedgerResponse::Batch(answers)) if answers.len() == expected => {
             for (reply, answer) in replies.into_iter().zip(answers) {
