@@ -9,8 +9,8 @@ use crate::exit::{CmdResult, Failure, REMOTE, STORAGE_STALLED, USAGE};
 /// Why: a node's memory churns — sled takes a fresh 16 MiB IO buffer at every flush and the
 /// allocator hands freed memory back to the OS — so with huge pages the kernel faults in and
 /// zeroes a 2 MiB page again and again. That was 19 % of a leader's CPU at 64 writers, and
-/// turning it off gave 42–48 % more events/s and a third of the p99 (BENCHMARKS.md, twelfth
-/// pass). mimalloc asks for huge pages on its own, and hosts set to `always` give them
+/// turning it off gave 42–48 % more events/s and a third to a half of the p99 (BENCHMARKS.md,
+/// twelfth pass). mimalloc asks for huge pages on its own, and hosts set to `always` give them
 /// unasked, so the process opts out rather than the allocator.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
