@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use wasteledger_core::pb::{self, event_body::Kind};
-use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
+use wasteledger_core::pb;
+use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0};
 use wasteledger_server::LedgerServiceClient;
 use wasteledger_tests::cluster::Cluster;
 
 use crate::stats::{RunReport, Sample, cpu_seconds, dir_bytes, summarise};
 
-/// Events in one lifecycle.
+/// Events in one lifecycle ([`ManifestFlow::road_lifecycle`]).
 pub(crate) const EVENTS_PER_LIFECYCLE: usize = 5;
 
 /// One manifest's events in chain order.
@@ -40,38 +40,10 @@ pub(crate) fn lifecycles(
     for n in first..first + count {
         let number = tracking_number(n);
         let start = T0 + (n as i64 % 1000) * HOUR;
-        let mut flow = ManifestFlow::new(net, &number, start)
-            .map_err(|e| anyhow!("tracking number {number}: {e}"))?;
-        let steps: [(Kind, &[&str]); EVENTS_PER_LIFECYCLE] = [
-            (
-                Kind::ManifestCreated(pb::ManifestCreated {
-                    manifest: Some(net.manifest(&number, &[ids::ROAD])),
-                }),
-                &[ids::GENERATOR],
-            ),
-            (
-                ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
-                &[ids::GENERATOR, ids::ROAD],
-            ),
-            (
-                ManifestFlow::handoff(ids::ROAD, ids::FACILITY),
-                &[ids::ROAD, ids::FACILITY],
-            ),
-            (ManifestFlow::received("8.5", "1800", 12), &[ids::FACILITY]),
-            (
-                // Each event states an hour after the previous; treatment (the
-                // fifth) is certified complete half an hour before it is recorded.
-                ManifestFlow::treated(&[1, 2], start + 3 * HOUR + HOUR / 2),
-                &[ids::FACILITY],
-            ),
-        ];
-        let mut events = Vec::with_capacity(EVENTS_PER_LIFECYCLE);
-        for (kind, signers) in steps {
-            let event = flow.event(kind, signers);
-            flow.accept(&event);
-            events.push(event);
-        }
-        out.push(events);
+        out.push(
+            ManifestFlow::road_lifecycle(net, &number, start)
+                .map_err(|e| anyhow!("tracking number {number}: {e}"))?,
+        );
     }
     Ok(out)
 }

@@ -503,47 +503,15 @@ mod tests {
 
     use super::*;
     use crate::memory::MemoryLedger;
-    use crate::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
+    use crate::sample::{HOUR, ManifestFlow, SampleNetwork, T0};
 
     const NUMBERS: [&str; 3] = ["20261502000001", "20261502000002", "20261502000003"];
 
-    /// Each manifest's whole lifecycle (creation, two handoffs, receipt, treatment), signed in
-    /// order by the right parties.
+    /// Each manifest's whole lifecycle, signed in order by the right parties.
     fn lifecycles(net: &SampleNetwork) -> Vec<Vec<pb::SignedEvent>> {
         NUMBERS
             .iter()
-            .map(|number| {
-                let mut flow = ManifestFlow::new(net, number, T0).unwrap();
-                let steps: Vec<(pb::event_body::Kind, Vec<&str>)> = vec![
-                    (
-                        pb::event_body::Kind::ManifestCreated(pb::ManifestCreated {
-                            manifest: Some(net.manifest(number, &[ids::ROAD])),
-                        }),
-                        vec![ids::GENERATOR],
-                    ),
-                    (
-                        ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
-                        vec![ids::GENERATOR, ids::ROAD],
-                    ),
-                    (
-                        ManifestFlow::handoff(ids::ROAD, ids::FACILITY),
-                        vec![ids::ROAD, ids::FACILITY],
-                    ),
-                    (
-                        ManifestFlow::received("8.6", "1800", 12),
-                        vec![ids::FACILITY],
-                    ),
-                    (ManifestFlow::treated(&[1, 2], T0), vec![ids::FACILITY]),
-                ];
-                steps
-                    .into_iter()
-                    .map(|(kind, signers)| {
-                        let event = flow.event(kind, &signers);
-                        flow.accept(&event);
-                        event
-                    })
-                    .collect()
-            })
+            .map(|number| ManifestFlow::road_lifecycle(net, number, T0).unwrap())
             .collect()
     }
 

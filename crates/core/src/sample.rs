@@ -374,6 +374,47 @@ impl<'a> ManifestFlow<'a> {
         Ok(receipt)
     }
 
+    /// The whole lifecycle of manifest `number` by road — creation (generator), pickup
+    /// (generator + road carrier), delivery (carrier + facility), receipt and treatment
+    /// (facility) — signed in order, each event stated an hour after the previous from
+    /// `start`; treatment is certified complete half an hour before it is stated.
+    pub fn road_lifecycle(
+        net: &'a SampleNetwork,
+        number: &str,
+        start: i64,
+    ) -> Result<Vec<pb::SignedEvent>, crate::tracking::TrackingError> {
+        let mut flow = ManifestFlow::new(net, number, start)?;
+        let steps: [(Kind, &[&str]); 5] = [
+            (
+                Kind::ManifestCreated(pb::ManifestCreated {
+                    manifest: Some(net.manifest(number, &[ids::ROAD])),
+                }),
+                &[ids::GENERATOR],
+            ),
+            (
+                ManifestFlow::handoff(ids::GENERATOR, ids::ROAD),
+                &[ids::GENERATOR, ids::ROAD],
+            ),
+            (
+                ManifestFlow::handoff(ids::ROAD, ids::FACILITY),
+                &[ids::ROAD, ids::FACILITY],
+            ),
+            (ManifestFlow::received("8.5", "1800", 12), &[ids::FACILITY]),
+            (
+                ManifestFlow::treated(&[1, 2], start + 3 * HOUR + HOUR / 2),
+                &[ids::FACILITY],
+            ),
+        ];
+        Ok(steps
+            .into_iter()
+            .map(|(kind, signers)| {
+                let event = flow.event(kind, signers);
+                flow.accept(&event);
+                event
+            })
+            .collect())
+    }
+
     /// A handoff event body.
     pub fn handoff(from: &str, to: &str) -> Kind {
         Kind::CustodyHandoff(pb::CustodyHandoff {
