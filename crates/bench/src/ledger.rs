@@ -115,11 +115,16 @@ pub(crate) async fn drive(
                 if group.is_empty() {
                     break;
                 }
-                for step in 0..EVENTS_PER_LIFECYCLE {
-                    let events: Vec<pb::SignedEvent> =
-                        group.iter().filter_map(|l| l.get(step).cloned()).collect();
+                // Step k of every lifecycle in the group, for k = 0, 1, …: one call each.
+                let mut steps: Vec<Vec<pb::SignedEvent>> = vec![Vec::new(); EVENTS_PER_LIFECYCLE];
+                for lifecycle in group {
+                    for (step, event) in steps.iter_mut().zip(lifecycle) {
+                        step.push(event);
+                    }
+                }
+                for events in steps {
                     let t = Instant::now();
-                    submit_with_retry(&mut client, events.clone(), &retries).await?;
+                    submit_with_retry(&mut client, &events, &retries).await?;
                     let (finished, latency) = (Instant::now(), t.elapsed());
                     samples.extend(events.iter().map(|_| Sample {
                         done: finished,
@@ -153,16 +158,16 @@ const MAX_ATTEMPTS: u32 = 300;
 /// the wait. Any other refusal ends the run.
 async fn submit_with_retry(
     client: &mut LedgerServiceClient<tonic::transport::Channel>,
-    events: Vec<pb::SignedEvent>,
+    events: &[pb::SignedEvent],
     retries: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<()> {
     let unavailable = tonic::Code::Unavailable as i32;
     for _ in 0..MAX_ATTEMPTS {
-        let outcome = match events.as_slice() {
+        let outcome = match events {
             [event] => client.submit(event.clone()).await.map(|_| None),
             _ => client
                 .submit_batch(pb::SubmitBatchRequest {
-                    events: events.clone(),
+                    events: events.to_vec(),
                 })
                 .await
                 .map(|r| {
