@@ -8,7 +8,7 @@ use tonic::{Request, Status};
 use wasteledger_core::envelope::event_hash;
 use wasteledger_core::ledger::{LedgerView, independent_runs};
 use wasteledger_core::pb;
-use wasteledger_node::node::WriteError;
+use wasteledger_node::node::{Submitted, WriteError};
 use wasteledger_node::types::LedgerResponse;
 
 use crate::proofs::note_covering;
@@ -35,10 +35,7 @@ pub(crate) enum Outcome {
 impl LedgerApi {
     /// Decides one event on this node: a receipt, a refusal, or "not the leader".
     pub(crate) async fn submit_here(&self, event: &pb::SignedEvent) -> Result<Outcome, Status> {
-        let answer = match self.node.enqueue(event).await {
-            Ok(submitted) => submitted.answer().await,
-            Err(e) => Err(e),
-        };
+        let answer = answer_of(self.node.enqueue(event).await).await;
         self.outcome(event, answer)
     }
 
@@ -198,10 +195,7 @@ impl LedgerApi {
                 queued.push(submitted);
             }
             for (i, submitted) in run.zip(queued) {
-                let answer = match submitted {
-                    Ok(submitted) => submitted.answer().await,
-                    Err(e) => Err(e),
-                };
+                let answer = answer_of(submitted).await;
                 let result = match self.outcome(&batch.events[i], answer) {
                     Ok(Outcome::Accepted(receipt)) => pb::submit_result::Result::Accepted(receipt),
                     // Leadership moved mid-batch: this item (and likely the rest) is not
@@ -236,6 +230,11 @@ impl LedgerApi {
             .map(|r| r.into_inner())
             .map_err(|s| forwarding_failed(s, &leader))
     }
+}
+
+/// The node's answer to an event it queued, or why it did not queue it.
+async fn answer_of(submitted: Result<Submitted, WriteError>) -> Result<LedgerResponse, WriteError> {
+    submitted?.answer().await
 }
 
 /// How a call arrived: forwarded by a follower or not, and its request id (set by the

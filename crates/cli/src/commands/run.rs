@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use crate::exit::{CmdResult, Failure, REMOTE, STORAGE_STALLED, USAGE};
 
-/// Turns transparent huge pages off for this process (Linux; inherited by nothing else).
+/// Turns transparent huge pages off for this process (Linux; a child process would inherit
+/// the setting, and the node starts none).
 ///
 /// Why: a node's memory churns — sled takes a fresh 16 MiB IO buffer at every flush and the
 /// allocator hands freed memory back to the OS — so with huge pages the kernel faults in and
