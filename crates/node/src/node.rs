@@ -80,8 +80,9 @@ pub struct NodeOptions {
 pub struct StallWatch {
     /// The limit.
     pub limit: Duration,
-    /// Called once, on the watchdog's thread, with how long the sync has been running.
-    pub on_stall: Box<dyn FnOnce(Duration) + Send>,
+    /// Called once, on the watchdog's thread, with how long the sync has been running and the
+    /// step it is at.
+    pub on_stall: Box<dyn FnOnce(wasteledger_store::Stall) + Send>,
 }
 
 /// Why a node could not start or serve.

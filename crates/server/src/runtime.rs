@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod observe;
 pub mod request_id;
+pub mod threads;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use wasteledger_core::signing::{SigningKey, parse_secret_key_file};
 use wasteledger_node::config::NodeConfig;
 use wasteledger_node::node::{Node, NodeError, NodeOptions, StallWatch};
 use wasteledger_node::types::NodeAddr;
+use wasteledger_store::Stall;
 
 use crate::LedgerApi;
 use admin::{AdminAccess, ClusterApi};
@@ -195,14 +197,19 @@ pub async fn run_node(
     let id = config.id;
     let limit = config.storage_stall_limit;
     let data_dir = config.data_dir.display().to_string();
-    let on_stall = move |running: Duration| {
+    let on_stall = move |stall: Stall| {
+        let threads = threads::thread_waits()
+            .map_or_else(|| "unavailable".to_owned(), |t| threads::summary(&t));
         tracing::error!(
             id,
             data_dir,
-            running_s = running.as_secs(),
+            running_s = stall.running.as_secs(),
             limit_s = limit.as_secs(),
-            "storage stalled: a database sync has not returned; the node cannot acknowledge \
-             anything until it is restarted (storage.stall_timeout_s)"
+            step = stall.phase.name(),
+            threads,
+            "storage stalled: a database sync has not returned ({}); the node cannot \
+             acknowledge anything until it is restarted (storage.stall_timeout_s)",
+            stall.phase.describe()
         );
         on_storage_stall();
     };

@@ -68,7 +68,7 @@ use std::io;
 use std::ops::RangeBounds;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
@@ -217,6 +217,9 @@ struct Engine {
     /// When the sync in progress started, in µs since `opened` plus one; 0 while none runs.
     /// Read without the sync lock by [`SyncProbe`], which is how a stuck sync is noticed.
     sync_started_us: AtomicU64,
+    /// The step the sync in progress is at ([`SyncPhase`] as a number), so a stall report
+    /// can say where it is stuck.
+    sync_phase: AtomicU8,
     /// Test hook: make the next sync fail as if fdatasync had returned EIO.
     #[cfg(test)]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -325,7 +328,13 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 /// caller syncs the file's own data first.
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)?;
-    match to.parent() {
+    sync_parent_dir(to)
+}
+
+/// fsyncs the directory holding `path` (the current directory for a bare file name), which
+/// makes a rename or creation of `path` survive a crash.
+pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
         _ => sync_dir(Path::new(".")),
     }
@@ -377,6 +386,7 @@ impl DurableDb {
             callback_panics: AtomicU64::new(0),
             opened: Instant::now(),
             sync_started_us: AtomicU64::new(0),
+            sync_phase: AtomicU8::new(SyncPhase::WaitingForBatch as u8),
             #[cfg(test)]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -511,11 +521,13 @@ impl DurableDb {
     /// point: a shutdown would wait for the stuck sync too.
     ///
     /// The thread checks a few times per `limit` (at least once a second) and ends, without
-    /// calling `on_stall`, once the database is closed.
+    /// calling `on_stall`, once the database is closed. `on_stall` learns how long the sync
+    /// has run and the step it is stuck at, which tells a disk that stopped completing writes
+    /// (the fdatasync) from a wait inside sled.
     pub fn spawn_stall_watchdog(
         &self,
         limit: Duration,
-        on_stall: impl FnOnce(Duration) + Send + 'static,
+        on_stall: impl FnOnce(Stall) + Send + 'static,
     ) -> io::Result<()> {
         let probe = self.sync_probe();
         let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -524,10 +536,10 @@ impl DurableDb {
             .spawn(move || {
                 loop {
                     thread::sleep(every);
-                    match probe.sync_running_for() {
+                    match probe.stall() {
                         Err(Closed) => return,
-                        Ok(Some(running)) if running > limit => {
-                            on_stall(running);
+                        Ok(Some(stall)) if stall.running > limit => {
+                            on_stall(stall);
                             return;
                         }
                         Ok(_) => {}
@@ -585,8 +597,79 @@ impl SyncProbe {
     /// How long the sync in progress has been running (`None`: no sync is running), or
     /// [`Closed`] once the database is gone.
     pub fn sync_running_for(&self) -> Result<Option<Duration>, Closed> {
+        Ok(self.stall()?.map(|s| s.running))
+    }
+
+    /// The sync in progress, if one is: how long it has run and the step it is at.
+    pub fn stall(&self) -> Result<Option<Stall>, Closed> {
         let engine = self.engine.upgrade().ok_or(Closed)?;
-        Ok(engine.sync_running_for())
+        // The phase is read after the start: a sync that ends between the two reads is
+        // reported with the next sync's first phase, which is harmless for a diagnosis.
+        Ok(engine.sync_running_for().map(|running| Stall {
+            running,
+            phase: SyncPhase::from_u8(engine.sync_phase.load(Ordering::Acquire)),
+        }))
+    }
+}
+
+/// A sync that has run for a while ([`SyncProbe::stall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// How long it has been running.
+    pub running: Duration,
+    /// The step it is at.
+    pub phase: SyncPhase,
+}
+
+/// The steps of one sync, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SyncPhase {
+    /// Waiting for a sled batch in progress to finish ([`SLED_BATCH_GATE`]).
+    WaitingForBatch = 0,
+    /// Inside sled's `flush`: writing its log buffers to the data file.
+    SledFlush = 1,
+    /// fsyncing sled's blob files.
+    BlobFiles = 2,
+    /// `fdatasync` of the data file: the device has to complete the writes.
+    DataFile = 3,
+    /// fsyncing the database directory.
+    Directory = 4,
+}
+
+impl SyncPhase {
+    fn from_u8(n: u8) -> SyncPhase {
+        match n {
+            1 => SyncPhase::SledFlush,
+            2 => SyncPhase::BlobFiles,
+            3 => SyncPhase::DataFile,
+            4 => SyncPhase::Directory,
+            _ => SyncPhase::WaitingForBatch,
+        }
+    }
+
+    /// What the step waits for, for a log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SyncPhase::WaitingForBatch => "waiting for a database batch in progress to finish",
+            SyncPhase::SledFlush => "inside sled's flush, writing its log buffers to the data file",
+            SyncPhase::BlobFiles => "fsync of sled's blob files",
+            SyncPhase::DataFile => {
+                "fdatasync of the data file: the device is not completing the writes"
+            }
+            SyncPhase::Directory => "fsync of the database directory",
+        }
+    }
+
+    /// A short name, for a structured log field.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncPhase::WaitingForBatch => "waiting_for_batch",
+            SyncPhase::SledFlush => "sled_flush",
+            SyncPhase::BlobFiles => "blob_files",
+            SyncPhase::DataFile => "data_file",
+            SyncPhase::Directory => "directory",
+        }
     }
 }
 
@@ -668,21 +751,31 @@ impl Engine {
         if self.fail_next_sync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
+        // Everything sled reserved in its log before this call is written to the data file
+        // (pwrite + sync_file_range): in the page cache, maybe in the device cache.
+        {
+            self.enter(SyncPhase::WaitingForBatch);
+            let _gate = lock(&SLED_BATCH_GATE);
+            self.enter(SyncPhase::SledFlush);
+            let _ = self.db.flush().map_err(io::Error::from)?;
+        }
+        self.enter(SyncPhase::BlobFiles);
+        self.sync_blobs(state)?;
+        // The real durability point for the data file: fdatasync flushes the device cache and
+        // commits the file size.
+        self.enter(SyncPhase::DataFile);
+        // Test hook: a device slow to complete the writes.
         #[cfg(test)]
         thread::sleep(Duration::from_millis(
             self.delay_next_sync_ms.swap(0, Ordering::SeqCst),
         ));
-        // Everything sled reserved in its log before this call is written to the data file
-        // (pwrite + sync_file_range): in the page cache, maybe in the device cache.
-        {
-            let _gate = lock(&SLED_BATCH_GATE);
-            let _ = self.db.flush().map_err(io::Error::from)?;
-        }
-        self.sync_blobs(state)?;
-        // The real durability point for the data file: fdatasync flushes the device cache and
-        // commits the file size.
         self.data_file.sync_data()?;
+        self.enter(SyncPhase::Directory);
         self.sync_dir_if_changed(state)
+    }
+
+    fn enter(&self, phase: SyncPhase) {
+        self.sync_phase.store(phase as u8, Ordering::Release);
     }
 
     /// fsyncs blob files not synced yet (or grown since), then the blob directory if it gained
@@ -1153,14 +1246,16 @@ mod tests {
     fn the_watchdog_reports_a_sync_that_runs_too_long() {
         let (_dir, db) = open();
         let (tx, stalls) = mpsc::channel();
-        db.spawn_stall_watchdog(Duration::from_millis(100), move |running| {
-            let _ = tx.send(running);
+        db.spawn_stall_watchdog(Duration::from_millis(100), move |stall| {
+            let _ = tx.send(stall);
         })
         .expect("watchdog");
         db.delay_next_sync(1_000);
         let rx = request_n(&db, 1);
-        let running = stalls.recv_timeout(WAIT).expect("the stall is reported");
-        assert!(running > Duration::from_millis(100), "{running:?}");
+        let stall = stalls.recv_timeout(WAIT).expect("the stall is reported");
+        assert!(stall.running > Duration::from_millis(100), "{stall:?}");
+        // The test delay sits in the fdatasync, as a device that stopped completing writes.
+        assert_eq!(stall.phase, SyncPhase::DataFile);
         let (_, r) = rx.recv_timeout(WAIT).expect("callback");
         r.expect("the slow sync still succeeds");
         // Reported once: the watchdog is done.
@@ -1171,8 +1266,8 @@ mod tests {
     fn the_watchdog_stays_quiet_while_syncs_are_quick_and_ends_with_the_database() {
         let (_dir, db) = open();
         let (tx, stalls) = mpsc::channel();
-        db.spawn_stall_watchdog(Duration::from_millis(500), move |running| {
-            let _ = tx.send(running);
+        db.spawn_stall_watchdog(Duration::from_millis(500), move |stall| {
+            let _ = tx.send(stall);
         })
         .expect("watchdog");
         for _ in 0..20 {

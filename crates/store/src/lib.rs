@@ -25,7 +25,8 @@ pub mod state;
 
 pub use durable::{
     Closed, DurableDb, DurableOptions, DurableTree, MAX_KEY_BYTES, MAX_VALUE_BYTES, SEGMENT_SIZE,
-    SLED_BLOB_THRESHOLD, SyncProbe, SyncStats, WriteBatch, check_sizes, rename_durably, sync_dir,
+    SLED_BLOB_THRESHOLD, Stall, SyncPhase, SyncProbe, SyncStats, WriteBatch, check_sizes,
+    rename_durably, sync_dir,
 };
 pub use error::StoreError;
 pub use log::LogStore;
