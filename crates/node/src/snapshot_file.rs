@@ -20,11 +20,12 @@
 //! snapshots and are still read.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use openraft::alias::SnapshotMetaOf;
 use tokio::sync::mpsc;
+use wasteledger_store::hashed_io::{HashedReader, HashedWriter};
 use wasteledger_store::state::SettledHistory;
 
 use crate::state_machine::StoreMark;
@@ -95,17 +96,15 @@ impl SettledPart {
     }
 }
 
-/// Writes snapshot bytes to `W`, hashing as it goes.
+/// Writes snapshot bytes to `W`, hashing them in large chunks ([`HashedWriter`]).
 struct Encoder<W: Write> {
-    out: W,
-    hasher: blake3::Hasher,
+    out: HashedWriter<W>,
 }
 
 impl<W: Write> Encoder<W> {
     fn new(out: W, header: &SnapshotHeader) -> io::Result<Encoder<W>> {
         let mut encoder = Encoder {
-            out,
-            hasher: blake3::Hasher::new(),
+            out: HashedWriter::new(out),
         };
         let meta = encode(&header.meta).map_err(io::Error::other)?;
         encoder.put(MAGIC)?;
@@ -116,7 +115,6 @@ impl<W: Write> Encoder<W> {
     }
 
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.hasher.update(bytes);
         self.out.write_all(bytes)
     }
 
@@ -141,9 +139,9 @@ impl<W: Write> Encoder<W> {
     /// Writes the end marker and checksum; returns the writer.
     fn finish(mut self) -> io::Result<W> {
         self.put(&END_OF_RECORDS.to_be_bytes())?;
-        let sum = self.hasher.finalize();
-        self.out.write_all(sum.as_bytes())?;
-        Ok(self.out)
+        let (mut out, sum) = self.out.finish()?;
+        out.write_all(sum.as_bytes())?;
+        Ok(out)
     }
 }
 
@@ -152,7 +150,7 @@ impl<W: Write> Encoder<W> {
 pub(crate) struct SnapshotWriter {
     tmp: PathBuf,
     path: PathBuf,
-    encoder: Encoder<BufWriter<File>>,
+    encoder: Encoder<File>,
 }
 
 impl SnapshotWriter {
@@ -160,9 +158,8 @@ impl SnapshotWriter {
     pub(crate) fn create(dir: &Path, header: &SnapshotHeader) -> io::Result<SnapshotWriter> {
         let path = dir.join(file_name(&header.meta));
         let tmp = path.with_extension("partial");
-        let out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         Ok(SnapshotWriter {
-            encoder: Encoder::new(out, header)?,
+            encoder: Encoder::new(File::create(&tmp)?, header)?,
             tmp,
             path,
         })
@@ -178,11 +175,7 @@ impl SnapshotWriter {
 
     /// Ends the file and makes it durable under its final name.
     pub(crate) fn finish(self) -> io::Result<PathBuf> {
-        let file = self
-            .encoder
-            .finish()?
-            .into_inner()
-            .map_err(|e| e.into_error())?;
+        let file = self.encoder.finish()?;
         file.sync_all()?;
         wasteledger_store::rename_durably(&self.tmp, &self.path)?;
         Ok(self.path)
@@ -200,26 +193,23 @@ pub(crate) fn file_name(meta: &SnapshotMetaOf<TypeConfig>) -> String {
 /// A snapshot read record by record; the checksum is checked when the end marker is reached,
 /// so a caller must read to the end (`None`) before trusting what it read.
 pub(crate) struct SnapshotReader<R: Read> {
-    input: R,
-    hasher: blake3::Hasher,
+    input: HashedReader<R>,
     header: SnapshotHeader,
     origin: String,
     done: bool,
 }
 
-impl SnapshotReader<BufReader<File>> {
+impl SnapshotReader<File> {
     /// Opens the snapshot file at `path` and reads its header.
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
-        let input = BufReader::with_capacity(1 << 20, File::open(path)?);
-        SnapshotReader::new(input, path.display().to_string())
+        SnapshotReader::new(File::open(path)?, path.display().to_string())
     }
 }
 
 impl<R: Read> SnapshotReader<R> {
     fn new(input: R, origin: String) -> io::Result<Self> {
         let mut reader = SnapshotReader {
-            input,
-            hasher: blake3::Hasher::new(),
+            input: HashedReader::new(input),
             header: SnapshotHeader {
                 meta: Default::default(),
                 omitted_below: 0,
@@ -251,9 +241,7 @@ impl<R: Read> SnapshotReader<R> {
         self.input.read_exact(buf).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => invalid(&self.origin, "truncated"),
             _ => e,
-        })?;
-        self.hasher.update(buf);
-        Ok(())
+        })
     }
 
     fn read_u32(&mut self) -> io::Result<u32> {
@@ -282,16 +270,15 @@ impl<R: Read> SnapshotReader<R> {
         let key_len = self.read_u32()?;
         if key_len == END_OF_RECORDS {
             self.done = true;
-            let expected = self.hasher.finalize();
+            let expected = self.input.hash();
             let mut sum = [0u8; 32];
             self.input
-                .read_exact(&mut sum)
+                .read_trailer(&mut sum)
                 .map_err(|_| invalid(&self.origin, "truncated checksum"))?;
             if &sum != expected.as_bytes() {
                 return Err(invalid(&self.origin, "checksum mismatch"));
             }
-            let mut extra = [0u8; 1];
-            if self.input.read(&mut extra)? != 0 {
+            if !self.input.at_end()? {
                 return Err(invalid(&self.origin, "trailing bytes"));
             }
             return Ok(None);
@@ -327,9 +314,7 @@ pub fn read_header(path: &Path) -> io::Result<SnapshotHeader> {
 /// checksum, so a damaged file is refused before the store is touched, and returns its header
 /// and a reader of its records for the import. Nothing is held in memory but the record at
 /// hand (the file is read twice instead; a snapshot can be larger than memory).
-pub(crate) fn open_complete(
-    path: &Path,
-) -> io::Result<(SnapshotHeader, SnapshotReader<BufReader<File>>)> {
+pub(crate) fn open_complete(path: &Path) -> io::Result<(SnapshotHeader, SnapshotReader<File>)> {
     let mut check = SnapshotReader::open(path)?;
     if check.header.omitted_below != 0 {
         return Err(invalid(

@@ -15,10 +15,13 @@
 //!   start-up, the settled history below it in the background).
 //! - [`map_file`]: [`map_file::MapFile`], the completeness map's node versions in an
 //!   append-only file beside sled, derived from the entries and rebuilt from them when needed.
+//! - [`hashed_io`]: writing and reading files that end in a BLAKE3 checksum, hashed in large
+//!   chunks (snapshot files, the map index).
 //! - [`error`]: [`StoreError`], the one error type.
 
 pub mod durable;
 pub mod error;
+pub mod hashed_io;
 pub mod log;
 pub mod map_file;
 pub mod state;
