@@ -555,10 +555,13 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             let copied = started.elapsed();
             let path = writer.finish()?;
             let written = started.elapsed();
-            // Most of the map file's dirty pages, synced without the lock, so saving its index
-            // below (which must not race an install rebuilding the file) holds it briefly.
-            map_file.sync().map_err(io_err)?;
-            let map_synced = started.elapsed();
+            // Lets a restart skip reading old map records. It writes every map position (tens
+            // of MB at a million events) and syncs the map file, so it runs without the lock:
+            // under it, every snapshot stopped applying on every node at once, for longer as
+            // history grew. An install meanwhile retires this handle (`MapFile::retire`), and
+            // the save then leaves nothing behind.
+            let saved = map_file.save_index();
+            let map_indexed = started.elapsed();
             let mut inner = this.lock()?;
             if !mark.current() {
                 let _ = fs::remove_file(&path);
@@ -566,8 +569,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     "a snapshot was installed while this one was written; it is discarded",
                 ));
             }
-            // Lets a restart skip reading old map records.
-            map_file.save_index().map_err(io_err)?;
+            saved.map_err(io_err)?;
             remove_other_snapshots(&this.snapshot_dir, &path);
             inner.current_snapshot = Some((header.clone(), path.clone(), Some(copy_number)));
             let snapshot = this.snapshot_file(&inner, &header, path);
@@ -581,7 +583,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 locked_ms = locked.as_millis() as u64,
                 copy_ms = (copied - locked).as_millis() as u64,
                 fsync_ms = (written - copied).as_millis() as u64,
-                map_sync_ms = (map_synced - written).as_millis() as u64,
+                map_index_ms = (map_indexed - written).as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
             );
@@ -778,6 +780,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                 let _ = end_install(&this.snapshot_dir);
                 return Err(e);
             }
+            // The import reopens the map file and rebuilds it: the current store's handle
+            // (which a snapshot build may hold) must not write to it again.
+            inner.store.map_file().retire().map_err(io_err)?;
             let store = import_snapshot(&this.db, &this.genesis, &this.map_path, &meta, records)?;
             let imported = started.elapsed();
             end_install(&this.snapshot_dir)?;

@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +44,7 @@ use wasteledger_core::hash::Digest;
 use wasteledger_core::map::{MapNode, MapNodeStore};
 
 use crate::error::StoreError;
+use crate::hashed_io::HashedWriter;
 
 /// Bytes per record.
 pub const RECORD_BYTES: usize = 128;
@@ -147,6 +148,8 @@ struct State {
     staged: Vec<[u8; RECORD_BYTES]>,
     /// Set when a write broke an invariant; the next flush reports it.
     broken: Option<String>,
+    /// Set by [`MapFile::retire`]: another handle owns the file now, this one never writes.
+    retired: bool,
 }
 
 struct Shared {
@@ -200,6 +203,7 @@ impl MapFile {
             written: indexed,
             staged: Vec::new(),
             broken: None,
+            retired: false,
         };
         let mut reader = BufReader::with_capacity(1 << 20, &file);
         reader.seek(SeekFrom::Start(indexed * RECORD_BYTES as u64))?;
@@ -287,6 +291,9 @@ impl MapFile {
         if let Some(why) = &state.broken {
             return Err(StoreError::Inconsistent(why.clone()));
         }
+        if state.retired {
+            return Err(retired());
+        }
         if state.staged.is_empty() {
             return Ok(());
         }
@@ -306,12 +313,24 @@ impl MapFile {
         Ok(())
     }
 
+    /// Marks this handle as no longer the file's owner, before a snapshot install reopens the
+    /// file under a new handle and rebuilds it: an index save in progress on this handle (a
+    /// snapshot build runs without the state machine's lock) then discards its work instead of
+    /// naming the old records, and this handle writes nothing more. Waits for a flush or the
+    /// end of an index save in progress.
+    pub fn retire(&self) -> Result<(), StoreError> {
+        self.state()?.retired = true;
+        Ok(())
+    }
+
     /// Flushes and syncs the records, then writes the in-memory index to `<file>.idx`
     /// (atomically: a temporary file, fsynced, renamed), so the next open reads only the
     /// records after it.
     ///
     /// Holds the file's lock only to copy the index (tens of milliseconds at a million
-    /// events): appends continue while it is written out.
+    /// events) and to rename the finished file: appends continue while it is written out, and
+    /// it can run without any lock of the caller's. Fails, leaving no index behind, on a
+    /// [retired](MapFile::retire) handle.
     pub fn save_index(&self) -> Result<(), StoreError> {
         let (written, newest) = {
             let mut state = self.state()?;
@@ -323,16 +342,10 @@ impl MapFile {
         self.shared.file.sync_data()?;
         let path = index_path(&self.shared.path);
         let tmp = path.with_extension("idx.tmp");
-        let file = File::create(&tmp)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut put = |bytes: &[u8]| -> std::io::Result<()> {
-            hasher.update(bytes);
-            out.write_all(bytes)
-        };
-        put(INDEX_MAGIC)?;
-        put(&written.to_be_bytes())?;
-        put(&(newest.len() as u64).to_be_bytes())?;
+        let mut out = HashedWriter::new(File::create(&tmp)?);
+        out.write_all(INDEX_MAGIC)?;
+        out.write_all(&written.to_be_bytes())?;
+        out.write_all(&(newest.len() as u64).to_be_bytes())?;
         let mut slot_bytes = [0u8; SLOT_BYTES];
         for ((depth, prefix), slot) in &newest {
             slot_bytes[0..2].copy_from_slice(&depth.to_be_bytes());
@@ -342,13 +355,23 @@ impl MapFile {
             slot_bytes[50..58].copy_from_slice(&slot.prev.to_be_bytes());
             slot_bytes[58..].fill(0);
             encode_node(&slot.node, &mut slot_bytes[58..]);
-            put(&slot_bytes)?;
+            out.write_all(&slot_bytes)?;
         }
-        let sum = hasher.finalize();
-        out.write_all(sum.as_bytes())?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let (mut file, sum) = out.finish()?;
+        file.write_all(sum.as_bytes())?;
         file.sync_all()?;
-        Ok(crate::durable::rename_durably(&tmp, &path)?)
+        {
+            // The rename is the moment the index takes effect: under the lock, so a handle
+            // retired meanwhile (its file being rebuilt by another) never names its records.
+            let state = self.state()?;
+            if state.retired {
+                drop(state);
+                remove_if_present(&tmp)?;
+                return Err(retired());
+            }
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(crate::durable::sync_parent_dir(&path)?)
     }
 
     fn read_record(&self, state: &State, record: u64) -> Option<Record> {
@@ -365,6 +388,12 @@ impl MapFile {
         };
         Record::decode(&bytes)
     }
+}
+
+fn retired() -> StoreError {
+    StoreError::Inconsistent(
+        "this map file handle was retired: an installed snapshot replaced the store".into(),
+    )
 }
 
 fn index_path(map_path: &Path) -> PathBuf {
@@ -598,6 +627,54 @@ mod tests {
         let opened = MapFile::open(&path, 30).unwrap();
         assert!(opened.complete);
         assert_eq!(opened.file.records().unwrap(), 30);
+    }
+
+    /// An install reopens the file under a new handle and rebuilds it while a snapshot build
+    /// may still hold the old one: once retired, the old handle neither writes records nor
+    /// leaves an index naming its records over the rebuilt file.
+    #[test]
+    fn a_retired_handle_writes_nothing_over_its_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let mut old = MapFile::open(&path, 0).unwrap().file;
+        for i in 1..=40u64 {
+            old.put((i % 5) as u16, &d(i % 5), i, node((i % 3) as u8, i));
+        }
+        old.flush().unwrap();
+        // Staged on the old handle when the install starts.
+        old.put(9, &d(9), 41, node(1, 41));
+        old.retire().unwrap();
+
+        // The successor: the file cut to nothing and rebuilt with other records.
+        let mut successor = MapFile::open(&path, 0).unwrap().file;
+        for i in 1..=7u64 {
+            successor.put(1, &d(100 + i), i, node(2, i));
+        }
+        successor.flush().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+
+        assert!(matches!(old.flush(), Err(StoreError::Inconsistent(_))));
+        assert!(matches!(old.save_index(), Err(StoreError::Inconsistent(_))));
+        assert!(
+            !index_path(&path).exists(),
+            "a retired handle saved an index"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")),
+            "a retired handle left its temporary index behind"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+
+        // The successor's own index is unaffected.
+        successor.save_index().unwrap();
+        drop((old, successor));
+        let opened = MapFile::open(&path, 7).unwrap();
+        assert!(opened.complete);
+        assert_eq!(opened.file.get(1, &d(107), 7), node(2, 7));
     }
 
     /// Positions `0..positions` at every version up to `last` read the same from the file and
