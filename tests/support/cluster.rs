@@ -74,6 +74,9 @@ pub struct Cluster {
     /// Node specs by id.
     pub specs: BTreeMap<u64, NodeSpec>,
     procs: BTreeMap<u64, Child>,
+    /// Processes started so far: each start writes its own log file, numbered by this count,
+    /// so a restart never truncates the log of the run before it (a stalled node's last words).
+    starts: usize,
     /// Extra environment for a node's next starts ([`Cluster::set_env`]).
     env: BTreeMap<u64, Vec<(String, String)>>,
     binary: PathBuf,
@@ -181,6 +184,7 @@ impl Cluster {
             net,
             specs,
             procs: BTreeMap::new(),
+            starts: 0,
             env: BTreeMap::new(),
             binary: binary.to_owned(),
             raft_section: raft_section.to_owned(),
@@ -208,11 +212,10 @@ impl Cluster {
     /// Starts (or restarts) node `id`.
     pub fn start_node(&mut self, id: u64) {
         let spec = &self.specs[&id];
-        let log = std::fs::File::create(
-            spec.data_dir
-                .with_extension(format!("log{}", self.procs.len())),
-        )
-        .expect("log file");
+        let log =
+            std::fs::File::create(spec.data_dir.with_extension(format!("log{}", self.starts)))
+                .expect("log file");
+        self.starts += 1;
         let child = Command::new(&self.binary)
             .args(["node", "--config"])
             .arg(&spec.config)
@@ -297,11 +300,11 @@ impl Cluster {
         }
     }
 
-    /// The log written by node `id`'s processes so far.
+    /// The log written by node `id`'s processes so far, oldest start first.
     pub fn logs(&self, id: u64) -> String {
         let spec = &self.specs[&id];
         let mut out = String::new();
-        for i in 0..16 {
+        for i in 0..self.starts {
             if let Ok(text) =
                 std::fs::read_to_string(spec.data_dir.with_extension(format!("log{i}")))
             {
