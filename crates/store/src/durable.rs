@@ -244,6 +244,20 @@ struct Queue {
     wake: Condvar,
 }
 
+impl Queue {
+    /// Queues a sync request; gives the callback back if the committer is gone or going.
+    fn push(&self, done: SyncCallback) -> Result<(), SyncCallback> {
+        let mut state = lock(&self.state);
+        if state.stopped || state.shutdown {
+            return Err(done);
+        }
+        state.pending.push(done);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct QueueState {
     pending: Vec<SyncCallback>,
@@ -477,15 +491,7 @@ impl DurableDb {
     /// Queues a sync request; gives the callback back if the committer is gone, so that the
     /// caller can run it outside whatever lock it holds.
     pub(crate) fn enqueue(&self, done: SyncCallback) -> Result<(), SyncCallback> {
-        let queue = &self.inner.queue;
-        let mut state = lock(&queue.state);
-        if state.stopped || state.shutdown {
-            return Err(done);
-        }
-        state.pending.push(done);
-        drop(state);
-        queue.wake.notify_one();
-        Ok(())
+        self.inner.queue.push(done)
     }
 
     /// Runs a callback given back by [`enqueue`](Self::enqueue) with the shut-down error.
@@ -524,16 +530,26 @@ impl DurableDb {
     /// calling `on_stall`, once the database is closed. `on_stall` learns how long the sync
     /// has run and the step it is stuck at, which tells a disk that stopped completing writes
     /// (the fdatasync) from a wait inside sled.
+    ///
+    /// When no sync has started for half of `limit`, the thread asks for one itself (a
+    /// heartbeat). sled 0.34 can lose track of which part of its log is on disk (BENCHMARKS.md,
+    /// thirteenth pass): from then on every flush, and every read of a page it must fetch from
+    /// its log, waits forever. A node importing a snapshot or rebuilding its map file at start
+    /// makes no syncs of its own for minutes, so without the heartbeat such a wait in a read
+    /// hung the node silently; now it shows as a stalled sync within 1.5 × `limit`.
     pub fn spawn_stall_watchdog(
         &self,
         limit: Duration,
         on_stall: impl FnOnce(Stall) + Send + 'static,
     ) -> io::Result<()> {
         let probe = self.sync_probe();
+        let queue = Arc::downgrade(&self.inner.queue);
         let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let _detached = thread::Builder::new()
             .name("wl-store-watchdog".to_owned())
             .spawn(move || {
+                let mut seen_syncs = None;
+                let mut quiet_since = Instant::now();
                 loop {
                     thread::sleep(every);
                     match probe.stall() {
@@ -542,7 +558,19 @@ impl DurableDb {
                             on_stall(stall);
                             return;
                         }
-                        Ok(_) => {}
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            let Ok(syncs) = probe.syncs() else { return };
+                            if seen_syncs != Some(syncs) {
+                                seen_syncs = Some(syncs);
+                                quiet_since = Instant::now();
+                            } else if quiet_since.elapsed() >= limit / 2 {
+                                let Some(queue) = queue.upgrade() else { return };
+                                // Refused only while shutting down; nothing to watch then.
+                                let _ = queue.push(Box::new(|_| {}));
+                                quiet_since = Instant::now();
+                            }
+                        }
                     }
                 }
             })?;
@@ -598,6 +626,12 @@ impl SyncProbe {
     /// [`Closed`] once the database is gone.
     pub fn sync_running_for(&self) -> Result<Option<Duration>, Closed> {
         Ok(self.stall()?.map(|s| s.running))
+    }
+
+    /// Syncs performed so far.
+    pub fn syncs(&self) -> Result<u64, Closed> {
+        let engine = self.engine.upgrade().ok_or(Closed)?;
+        Ok(engine.syncs.load(Ordering::Relaxed))
     }
 
     /// The sync in progress, if one is: how long it has run and the step it is at.
@@ -1260,6 +1294,34 @@ mod tests {
         r.expect("the slow sync still succeeds");
         // Reported once: the watchdog is done.
         assert!(stalls.recv_timeout(Duration::from_millis(300)).is_err());
+    }
+
+    /// A database nobody syncs is still watched: the watchdog asks for a sync of its own
+    /// once none has started for half the limit, and a stuck one is reported.
+    #[test]
+    fn the_watchdog_probes_a_quiet_database() {
+        let (_dir, db) = open();
+        let before = db.stats().syncs;
+        db.delay_next_sync(1_000);
+        let (tx, stalls) = mpsc::channel();
+        db.spawn_stall_watchdog(Duration::from_millis(100), move |stall| {
+            let _ = tx.send(stall);
+        })
+        .expect("watchdog");
+        // No request from here on: only the watchdog's own sync can stall.
+        let stall = stalls
+            .recv_timeout(WAIT)
+            .expect("the stuck heartbeat is reported");
+        assert!(stall.running > Duration::from_millis(100), "{stall:?}");
+        assert_eq!(stall.phase, SyncPhase::DataFile);
+        // It was a sync of the watchdog's: it completes, and counts.
+        for _ in 0..200 {
+            if db.stats().syncs > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(db.stats().syncs > before);
     }
 
     #[test]
