@@ -659,7 +659,7 @@ pub struct Stall {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SyncPhase {
-    /// Waiting for a sled batch in progress to finish ([`SLED_BATCH_GATE`]).
+    /// Waiting for a sled batch in progress to finish (the store lets no flush run beside one).
     WaitingForBatch = 0,
     /// Inside sled's `flush`: writing its log buffers to the data file.
     SledFlush = 1,
