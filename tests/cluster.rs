@@ -551,6 +551,15 @@ async fn a_node_whose_storage_stalls_exits_and_comes_back_whole() {
         "node {stalled} did not exit as stalled:\n{logs}"
     );
     assert!(logs.contains("storage stalled"), "{logs}");
+    // The report says where: the shim holds fdatasync, the data file's sync step.
+    assert!(
+        logs.contains("data_file"),
+        "the stall report names its step:\n{logs}"
+    );
+    assert!(
+        logs.contains("wl-store-commit:"),
+        "and the committer's wait:\n{logs}"
+    );
 
     std::fs::remove_file(&flag).expect("remove flag");
     cluster.set_env(stalled, &[]);
