@@ -76,7 +76,10 @@ impl<W: Write> Write for HashedWriter<W> {
 /// hashed (the checksum itself), and [`HashedReader::at_end`] tells whether anything follows.
 pub struct HashedReader<R: Read> {
     input: R,
+    /// Read-ahead space, allocated (and zeroed) once; only `buf[..end]` holds input.
     buf: Vec<u8>,
+    /// End of the input held in `buf`.
+    end: usize,
     /// Next unread byte in `buf`.
     pos: usize,
     /// First byte of `buf` not yet given to the hasher (always <= `pos`).
@@ -90,6 +93,7 @@ impl<R: Read> HashedReader<R> {
         HashedReader {
             input,
             buf: Vec::new(),
+            end: 0,
             pos: 0,
             hashed: 0,
             hasher: blake3::Hasher::new(),
@@ -105,41 +109,39 @@ impl<R: Read> HashedReader<R> {
     /// Makes `n` unread bytes available in `buf` (fewer only at the end of the input),
     /// reading ahead up to a chunk.
     fn fill(&mut self, n: usize) -> io::Result<()> {
-        if self.buf.len() - self.pos >= n {
+        if self.end - self.pos >= n {
             return Ok(());
         }
         // Consumed bytes leave the buffer: hash them first.
         self.hash_consumed();
-        self.buf.drain(..self.pos);
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
         self.pos = 0;
         self.hashed = 0;
-        let mut filled = self.buf.len();
-        self.buf.resize(n.max(CHUNK), 0);
-        let result = loop {
-            if filled >= n {
-                break Ok(());
-            }
-            match self.input.read(&mut self.buf[filled..]) {
+        let room = n.max(CHUNK);
+        if self.buf.len() < room {
+            self.buf.resize(room, 0);
+        }
+        while self.end < n {
+            match self.input.read(&mut self.buf[self.end..]) {
                 // The end of the input: fewer than `n` bytes are available.
-                Ok(0) => break Ok(()),
-                Ok(read) => filled += read,
+                Ok(0) => break,
+                Ok(read) => self.end += read,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => return Err(e),
             }
-        };
-        self.buf.truncate(filled);
-        result
+        }
+        Ok(())
     }
 
     /// Consumes exactly `out.len()` hashed bytes; `UnexpectedEof` if the input ends first.
     pub fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
         self.fill(out.len())?;
         let end = self.pos + out.len();
-        let bytes = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        out.copy_from_slice(bytes);
+        if end > self.end {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        out.copy_from_slice(&self.buf[self.pos..end]);
         self.pos = end;
         Ok(())
     }
@@ -161,7 +163,7 @@ impl<R: Read> HashedReader<R> {
     /// True when nothing follows what was consumed.
     pub fn at_end(&mut self) -> io::Result<bool> {
         self.fill(1)?;
-        Ok(self.pos == self.buf.len())
+        Ok(self.pos == self.end)
     }
 }
 
