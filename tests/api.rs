@@ -362,6 +362,37 @@ async fn writes_and_reads_through_any_node() {
         .expect("agree");
     assert_eq!(head.size, 6 + accepted, "a resubmission adds nothing");
 
+    // The same body under a signature that is not the recorded one is refused, not answered
+    // with the original receipt (its signatures were never checked), singly and in a batch.
+    let mut forged = events[0].clone();
+    forged.signatures[0].signature[0] ^= 1;
+    let r = refused(&cluster, follower, &forged, tonic::Code::AlreadyExists).await;
+    assert_eq!(r, "ledger.recorded_with_other_signatures");
+    let mut twin = events[0].clone();
+    twin.signatures[0].signature[63] ^= 0x40;
+    let mut leader_client = cluster.client(leader).await.unwrap();
+    let response = leader_client
+        .submit_batch(pb::SubmitBatchRequest {
+            events: vec![twin],
+        })
+        .await
+        .expect("a batch call")
+        .into_inner();
+    match &response.results[..] {
+        [pb::SubmitResult {
+            result: Some(pb::submit_result::Result::Rejected(e)),
+        }] => {
+            assert_eq!(e.reason, "ledger.recorded_with_other_signatures", "{e:?}");
+            assert_eq!(e.code, tonic::Code::AlreadyExists as i32, "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let head = cluster
+        .converged(&[1, 2, 3], 6 + accepted, LONG)
+        .await
+        .expect("agree");
+    assert_eq!(head.size, 6 + accepted, "a refused twin adds nothing");
+
     // A write acknowledged by the leader is visible at once to a linearizable read on a
     // follower.
     let extra = manifests(&cluster, 21, 1);

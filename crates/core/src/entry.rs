@@ -143,6 +143,28 @@ impl LedgerEntry {
         })
     }
 
+    /// Whether `signed` is the envelope this entry records: the same body bytes and the same
+    /// signatures (each `(key id, signature)` pair once, in any order).
+    ///
+    /// Why the server asks: an event's identity (its hash) covers the body only, so a
+    /// resubmission is found by body before its signatures are checked. Only a resubmission
+    /// that carries exactly the recorded signatures — a client retrying a call whose answer
+    /// it lost — may be answered with the original receipt; anything else would hand out a
+    /// receipt for signatures nobody verified.
+    pub fn records_envelope(&self, signed: &pb::SignedEvent) -> bool {
+        if signed.body != self.body || signed.signatures.len() != self.signatures.len() {
+            return false;
+        }
+        let mut unmatched: Vec<&(Digest, [u8; 64])> = self.signatures.iter().collect();
+        signed.signatures.iter().all(|s| {
+            let found = unmatched.iter().position(|(key_id, signature)| {
+                key_id.as_bytes().as_slice() == s.key_id.as_slice()
+                    && signature.as_slice() == s.signature.as_slice()
+            });
+            found.map(|i| unmatched.swap_remove(i)).is_some()
+        })
+    }
+
     /// The envelope as submitted.
     pub fn signed_event(&self) -> pb::SignedEvent {
         pb::SignedEvent {
@@ -221,6 +243,34 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[0] = 2;
         assert_eq!(LedgerEntry::decode(&v2), Err(EntryError::Version(2)));
+    }
+
+    #[test]
+    fn an_envelope_is_recorded_only_with_the_same_signatures() {
+        let mut e = sample();
+        e.signatures.push((Digest([4; 32]), [5; 64]));
+        let submitted = e.signed_event();
+        assert!(e.records_envelope(&submitted));
+
+        let mut reordered = submitted.clone();
+        reordered.signatures.reverse();
+        assert!(e.records_envelope(&reordered), "order does not matter");
+
+        let mut forged = submitted.clone();
+        forged.signatures[1].signature[0] ^= 1;
+        assert!(!e.records_envelope(&forged), "a changed signature");
+
+        let mut fewer = submitted.clone();
+        fewer.signatures.pop();
+        assert!(!e.records_envelope(&fewer), "a missing signature");
+
+        let mut repeated = submitted.clone();
+        repeated.signatures[1] = repeated.signatures[0].clone();
+        assert!(!e.records_envelope(&repeated), "one recorded pair twice");
+
+        let mut other_body = submitted;
+        other_body.body.push(0);
+        assert!(!e.records_envelope(&other_body), "a different body");
     }
 
     proptest! {

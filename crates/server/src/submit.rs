@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tonic::{Request, Status};
+use wasteledger_core::entry::LedgerEntry;
 use wasteledger_core::envelope::event_hash;
 use wasteledger_core::ledger::{LedgerView, independent_runs};
 use wasteledger_core::pb;
@@ -61,7 +62,7 @@ impl LedgerApi {
             Ok(LedgerResponse::Rejected {
                 duplicate_of: Some(index),
                 ..
-            }) => self.receipt_for_index(index).map(Outcome::Accepted),
+            }) => self.receipt_for_index(index, event).map(Outcome::Accepted),
             Ok(LedgerResponse::Rejected {
                 code,
                 kind,
@@ -81,7 +82,7 @@ impl LedgerApi {
                     let hash = event_hash(&ledger_id, &event.body);
                     let index = self.read_store(|s| Ok(s.event_index(&hash)))?;
                     if let Some(index) = index {
-                        return self.receipt_for_index(index).map(Outcome::Accepted);
+                        return self.receipt_for_index(index, event).map(Outcome::Accepted);
                     }
                 }
                 Err(status(code_for_kind(&kind), &code, message))
@@ -99,13 +100,34 @@ impl LedgerApi {
         }
     }
 
-    /// The receipt of the entry already at `index` (a resubmission).
-    fn receipt_for_index(&self, index: u64) -> Result<pb::Receipt, Status> {
+    /// The receipt of the entry already at `index`, for a resubmission of the envelope it
+    /// records; a refusal when `event` shares only its body (its signatures were not checked:
+    /// see [`LedgerEntry::records_envelope`]).
+    fn receipt_for_index(
+        &self,
+        index: u64,
+        event: &pb::SignedEvent,
+    ) -> Result<pb::Receipt, Status> {
         let ledger_id = self.node.state_machine.genesis().ledger_id;
         self.read_store(|s| {
             let entry = entry_at(s, index)?;
-            let decoded = wasteledger_core::entry::LedgerEntry::decode(&entry)
-                .map_err(|e| crate::internal(e.to_string()))?;
+            let decoded =
+                LedgerEntry::decode(&entry).map_err(|e| crate::internal(e.to_string()))?;
+            if !decoded.records_envelope(event) {
+                return Err(status(
+                    tonic::Code::AlreadyExists,
+                    "ledger.recorded_with_other_signatures",
+                    format!(
+                        "this event body is already recorded at ledger index {index}, with \
+                         other signatures than this submission's ({} recorded, {} here); \
+                         nothing was recorded and these signatures were not checked. See who \
+                         signed the recorded event with `wasteledger watch --from {index} \
+                         --count 1`",
+                        decoded.signatures.len(),
+                        event.signatures.len()
+                    ),
+                ));
+            }
             Ok(pb::Receipt {
                 index,
                 event_hash: event_hash(&ledger_id, &decoded.body).0.to_vec(),
