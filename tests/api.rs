@@ -372,16 +372,16 @@ async fn writes_and_reads_through_any_node() {
     twin.signatures[0].signature[63] ^= 0x40;
     let mut leader_client = cluster.client(leader).await.unwrap();
     let response = leader_client
-        .submit_batch(pb::SubmitBatchRequest {
-            events: vec![twin],
-        })
+        .submit_batch(pb::SubmitBatchRequest { events: vec![twin] })
         .await
         .expect("a batch call")
         .into_inner();
     match &response.results[..] {
-        [pb::SubmitResult {
-            result: Some(pb::submit_result::Result::Rejected(e)),
-        }] => {
+        [
+            pb::SubmitResult {
+                result: Some(pb::submit_result::Result::Rejected(e)),
+            },
+        ] => {
             assert_eq!(e.reason, "ledger.recorded_with_other_signatures", "{e:?}");
             assert_eq!(e.code, tonic::Code::AlreadyExists as i32, "{e:?}");
         }

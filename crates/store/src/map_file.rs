@@ -38,6 +38,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use wasteledger_core::hash::Digest;
@@ -185,6 +186,9 @@ impl MapFile {
             .truncate(false)
             .open(path)?;
         let index_path = index_path(path);
+        // Left by a save that a crash cut short; a handle retired for this open may still be
+        // writing one (it never renames it: see `save_index`).
+        remove_temporary_indexes(&index_path)?;
         let (newest, indexed) = match load_index(&index_path) {
             Some((newest, records))
                 if records <= keep && file.metadata()?.len() >= records * RECORD_BYTES as u64 =>
@@ -341,7 +345,7 @@ impl MapFile {
         // The index may name only records that are on disk.
         self.shared.file.sync_data()?;
         let path = index_path(&self.shared.path);
-        let tmp = path.with_extension("idx.tmp");
+        let tmp = temporary_index_path(&path);
         let mut out = HashedWriter::new(File::create(&tmp)?);
         out.write_all(INDEX_MAGIC)?;
         out.write_all(&written.to_be_bytes())?;
@@ -400,6 +404,43 @@ fn index_path(map_path: &Path) -> PathBuf {
     let mut name = map_path.as_os_str().to_owned();
     name.push(".idx");
     PathBuf::from(name)
+}
+
+/// Index saves begun in this process. Each save writes its own temporary file, so two handles
+/// on one map file (a retired handle finishing a save while its successor begins one) never
+/// write, or remove, the same temporary file.
+static SAVES_BEGUN: AtomicU64 = AtomicU64::new(0);
+
+/// Where the next index save writes before renaming to `index_path`: `<index>.tmp.<n>`.
+fn temporary_index_path(index_path: &Path) -> PathBuf {
+    let mut name = index_path.as_os_str().to_owned();
+    name.push(format!(
+        ".tmp.{}",
+        SAVES_BEGUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    PathBuf::from(name)
+}
+
+/// Removes every temporary file of `index_path`'s saves.
+fn remove_temporary_indexes(index_path: &Path) -> Result<(), StoreError> {
+    let (Some(dir), Some(name)) = (index_path.parent(), index_path.file_name()) else {
+        return Ok(());
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".tmp.");
+    let prefix = prefix.as_encoded_bytes();
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().as_encoded_bytes().starts_with(prefix) {
+            remove_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> Result<(), StoreError> {
@@ -664,7 +705,7 @@ mod tests {
                 .unwrap()
                 .file_name()
                 .to_string_lossy()
-                .ends_with(".tmp")),
+                .contains(".tmp")),
             "a retired handle left its temporary index behind"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
@@ -675,6 +716,39 @@ mod tests {
         let opened = MapFile::open(&path, 7).unwrap();
         assert!(opened.complete);
         assert_eq!(opened.file.get(1, &d(107), 7), node(2, 7));
+    }
+
+    #[test]
+    fn saves_write_their_own_temporary_files_and_open_clears_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.map");
+        let index = index_path(&path);
+        let (first, second) = (temporary_index_path(&index), temporary_index_path(&index));
+        assert_ne!(first, second, "two saves, two temporary files");
+        // What saves cut short by a crash leave behind, and a file that only looks alike.
+        std::fs::write(&first, b"half an index").unwrap();
+        std::fs::write(&second, b"another half").unwrap();
+        let unrelated = dir.path().join("ledger.map.idx.tmpfile");
+        std::fs::write(&unrelated, b"not ours").unwrap();
+
+        let mut file = MapFile::open(&path, 0).unwrap().file;
+        assert!(
+            !first.exists() && !second.exists(),
+            "stale temporaries removed"
+        );
+        assert!(unrelated.exists(), "only the saves' own names are removed");
+        file.put(0, &d(0), 1, node(1, 1));
+        file.save_index().unwrap();
+        assert!(index.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ledger.map.idx.tmp."))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "a finished save leaves no temporary: {left:?}"
+        );
     }
 
     /// Positions `0..positions` at every version up to `last` read the same from the file and
