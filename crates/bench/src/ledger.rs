@@ -12,7 +12,7 @@ use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0};
 use wasteledger_server::LedgerServiceClient;
 use wasteledger_tests::cluster::Cluster;
 
-use crate::stats::{RunReport, Sample, cpu_seconds, dir_bytes, summarise};
+use crate::stats::{RunReport, Sample, ThreadCpu, cpu_seconds, dir_bytes, summarise};
 
 /// Events in one lifecycle ([`ManifestFlow::road_lifecycle`]).
 pub(crate) const EVENTS_PER_LIFECYCLE: usize = 5;
@@ -276,6 +276,9 @@ pub(crate) async fn run(
         let cpu_before: Vec<f64> = (1..=3)
             .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
             .collect();
+        let threads_before: Vec<Option<ThreadCpu>> = (1..=3)
+            .map(|id| cluster.pid(id).and_then(ThreadCpu::read))
+            .collect();
         let lags = Arc::new(Mutex::new(Vec::new()));
         let sampler = tokio::spawn(sample_checkpoint_lag(target.api.clone(), lags.clone()));
         let (started, samples, retries) =
@@ -291,6 +294,17 @@ pub(crate) async fn run(
             .map(|id| cluster.pid(id).and_then(cpu_seconds).unwrap_or(0.0))
             .zip(cpu_before)
             .map(|(after, before)| after - before)
+            .collect();
+        report.cpu_by_thread = (1..=3)
+            .zip(threads_before)
+            .zip(&report.cpu_seconds)
+            .map(|((id, before), total)| {
+                let after = cluster.pid(id).and_then(ThreadCpu::read);
+                match (after, before) {
+                    (Some(after), Some(before)) => after.since(&before, *total),
+                    _ => Vec::new(),
+                }
+            })
             .collect();
         let head = cluster
             .head(leader)

@@ -111,6 +111,18 @@ fn print_table(reports: &[stats::RunReport]) {
             if r.retries > 0 {
                 println!("  retried during leader elections: {}", r.retries);
             }
+            for (node, split) in r.cpu_by_thread.iter().enumerate() {
+                let total: f64 = split.iter().map(|(_, s)| s).sum();
+                if total <= 0.0 {
+                    continue;
+                }
+                let parts: Vec<String> = split
+                    .iter()
+                    .take(5)
+                    .map(|(kind, s)| format!("{kind} {s:.1} s ({:.0} %)", 100.0 * s / total))
+                    .collect();
+                println!("  node {} cpu by thread: {}", node + 1, parts.join(", "));
+            }
             if let Some([median, max]) = r.checkpoint_lag {
                 println!(
                     "  published checkpoint behind the head: median {median}, max {max} entries"
