@@ -151,12 +151,29 @@ impl LedgerStateMachine {
     /// would block the worker thread, and with every worker blocked Raft misses heartbeats and
     /// holds an election. So an uncontended lock is taken at once, and a contended wait on a
     /// multi-thread runtime tells tokio to move other tasks off this thread first.
+    ///
+    /// Between the two, a contended lock is retried a few times after yielding the CPU: most
+    /// holds are one event's check or apply (tens of microseconds), and on a busy leader
+    /// (64 writers' pre-checks against the apply loop) handing the worker's tasks to another
+    /// thread for each of them cost more than the wait. Measured: +8 % events/s and −12 % leader
+    /// CPU at 64 writers (BENCHMARKS.md, fourteenth pass).
     fn lock(&self) -> io::Result<MutexGuard<'_, Inner>> {
+        /// Yields before falling back to `block_in_place`: bounded, so a long hold (a snapshot
+        /// build's start, a commit) still moves the worker's other tasks away.
+        const LOCK_YIELDS: usize = 16;
         let poisoned = |_| io_err("state machine lock poisoned by an earlier panic");
         match self.inner.try_lock() {
             Ok(guard) => return Ok(guard),
             Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
             Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        for _ in 0..LOCK_YIELDS {
+            std::thread::yield_now();
+            match self.inner.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
         }
         let on_worker = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
