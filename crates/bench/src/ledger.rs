@@ -281,9 +281,17 @@ pub(crate) async fn run(
             .collect();
         let lags = Arc::new(Mutex::new(Vec::new()));
         let sampler = tokio::spawn(sample_checkpoint_lag(target.api.clone(), lags.clone()));
+        let pids: Vec<Option<u32>> = (1..=3).map(|id| cluster.pid(id)).collect();
+        let threads_seen = Arc::new(Mutex::new(
+            pids.iter()
+                .map(|pid| pid.and_then(ThreadCpu::read))
+                .collect::<Vec<_>>(),
+        ));
+        let thread_sampler = tokio::spawn(sample_threads(pids, threads_seen.clone()));
         let (started, samples, retries) =
             drive(&target, clients, opts.batch, work, opts.duration).await?;
         sampler.abort();
+        thread_sampler.abort();
         let mut report = summarise("wasteledger", clients, started, samples, opts.window);
         report.retries = retries;
         report.checkpoint_lag = lags.lock().ok().and_then(|mut l| {
@@ -295,11 +303,18 @@ pub(crate) async fn run(
             .zip(cpu_before)
             .map(|(after, before)| after - before)
             .collect();
+        let seen = std::mem::take(&mut *threads_seen.lock().map_err(|_| anyhow!("poisoned"))?);
         report.cpu_by_thread = (1..=3)
             .zip(threads_before)
+            .zip(seen)
             .zip(&report.cpu_seconds)
-            .map(|((id, before), total)| {
-                let after = cluster.pid(id).and_then(ThreadCpu::read);
+            .map(|(((id, before), seen), total)| {
+                let mut after = seen;
+                if let (Some(after), Some(last)) =
+                    (after.as_mut(), cluster.pid(id).and_then(ThreadCpu::read))
+                {
+                    after.merge(last);
+                }
                 match (after, before) {
                     (Some(after), Some(before)) => after.since(&before, *total),
                     _ => Vec::new(),
@@ -446,6 +461,22 @@ async fn sample_checkpoint_lag(api: String, lags: Arc<Mutex<Vec<u64>>>) {
             && let Ok(mut lags) = lags.lock()
         {
             lags.push(head.get_ref().size.saturating_sub(published.get_ref().size));
+        }
+    }
+}
+
+/// Reads the nodes' threads once a second into `seen` (merged: see [`ThreadCpu::merge`]), so
+/// the CPU of threads that exit during a long run is still attributed.
+async fn sample_threads(pids: Vec<Option<u32>>, seen: Arc<Mutex<Vec<Option<ThreadCpu>>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(mut seen) = seen.lock() else {
+            return;
+        };
+        for (pid, seen) in pids.iter().zip(seen.iter_mut()) {
+            if let (Some(seen), Some(now)) = (seen.as_mut(), pid.and_then(ThreadCpu::read)) {
+                seen.merge(now);
+            }
         }
     }
 }

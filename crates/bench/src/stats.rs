@@ -138,11 +138,12 @@ fn thread_kind(name: &str) -> String {
         .to_owned()
 }
 
-/// What a process's CPU beyond its threads' sum is reported under: threads that exited
-/// during the span count only in the process's figure (their `/proc` entries are gone), and
-/// the kernel derives the process's figure and each thread's separately. Up to ~10 % of a
-/// busy leader's CPU (~70 threads, none of which exited) has shown up here, a few % of a
-/// follower's: read the thread kinds as shares of what is attributed.
+/// What a process's CPU beyond its threads' sum is reported under: the CPU of threads that
+/// exited since they were last read (their `/proc` entries are gone; tokio retires a worker
+/// that blocked in `block_in_place` to its blocking pool, where it exits after 10 s idle),
+/// and the kernel deriving the process's figure and each thread's separately (up to ~10 % of
+/// a busy leader's CPU in short runs where no thread exited). Read the thread kinds as shares
+/// of what is attributed.
 const UNATTRIBUTED: &str = "(unattributed)";
 
 /// The CPU time of each live thread of a process at one moment, from `/proc/PID/task`.
@@ -175,6 +176,13 @@ impl ThreadCpu {
             }
         }
         Some(ThreadCpu { threads })
+    }
+
+    /// Adds a later reading: threads seen again take their newer figure, threads gone since
+    /// keep their last one. Reading a process now and then during a long run and merging
+    /// keeps most of the CPU of threads that exit before its end.
+    pub(crate) fn merge(&mut self, later: ThreadCpu) {
+        self.threads.extend(later.threads);
     }
 
     /// CPU seconds by thread kind between `before` and this reading, largest first, and
@@ -289,6 +297,31 @@ mod tests {
                 ("sled-io".to_owned(), 1.75),
                 (UNATTRIBUTED.to_owned(), 0.75),
                 ("main".to_owned(), 0.5),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_merged_reading_keeps_threads_that_exited() {
+        let reading = |threads: &[(u32, &str, f64)]| ThreadCpu {
+            threads: threads
+                .iter()
+                .map(|(tid, name, s)| (*tid, (thread_kind(name), *s)))
+                .collect(),
+        };
+        let before = reading(&[(1, "tokio-rt-worker", 1.0), (2, "tokio-rt-worker", 0.0)]);
+        // Thread 2 works, is read at 4.0 s, then exits; thread 3 starts.
+        let mut seen = reading(&[(1, "tokio-rt-worker", 2.0), (2, "tokio-rt-worker", 4.0)]);
+        seen.merge(reading(&[
+            (1, "tokio-rt-worker", 3.0),
+            (3, "sled-io-0", 1.0),
+        ]));
+        assert_eq!(
+            seen.since(&before, 7.5),
+            vec![
+                ("tokio-rt-worker".to_owned(), 6.0),
+                ("sled-io".to_owned(), 1.0),
+                (UNATTRIBUTED.to_owned(), 0.5),
             ]
         );
     }
