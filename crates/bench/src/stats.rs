@@ -269,14 +269,18 @@ mod tests {
         assert_eq!(thread_kind("log flusher"), "log flusher");
     }
 
-    #[test]
-    fn a_split_adds_pools_up_and_accounts_for_exited_threads() {
-        let reading = |threads: &[(u32, &str, f64)]| ThreadCpu {
+    /// A reading of `(thread id, name, CPU seconds)`.
+    fn reading(threads: &[(u32, &str, f64)]) -> ThreadCpu {
+        ThreadCpu {
             threads: threads
                 .iter()
                 .map(|(tid, name, s)| (*tid, (thread_kind(name), *s)))
                 .collect(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_split_adds_pools_up_and_accounts_for_exited_threads() {
         let before = reading(&[
             (1, "main", 1.0),
             (2, "sled-io-0", 0.5),
@@ -303,12 +307,6 @@ mod tests {
 
     #[test]
     fn a_merged_reading_keeps_threads_that_exited() {
-        let reading = |threads: &[(u32, &str, f64)]| ThreadCpu {
-            threads: threads
-                .iter()
-                .map(|(tid, name, s)| (*tid, (thread_kind(name), *s)))
-                .collect(),
-        };
         let before = reading(&[(1, "tokio-rt-worker", 1.0), (2, "tokio-rt-worker", 0.0)]);
         // Thread 2 works, is read at 4.0 s, then exits; thread 3 starts.
         let mut seen = reading(&[(1, "tokio-rt-worker", 2.0), (2, "tokio-rt-worker", 4.0)]);
