@@ -282,11 +282,7 @@ pub(crate) async fn run(
         let lags = Arc::new(Mutex::new(Vec::new()));
         let sampler = tokio::spawn(sample_checkpoint_lag(target.api.clone(), lags.clone()));
         let pids: Vec<Option<u32>> = (1..=3).map(|id| cluster.pid(id)).collect();
-        let threads_seen = Arc::new(Mutex::new(
-            pids.iter()
-                .map(|pid| pid.and_then(ThreadCpu::read))
-                .collect::<Vec<_>>(),
-        ));
+        let threads_seen = Arc::new(Mutex::new(threads_before.clone()));
         let thread_sampler = tokio::spawn(sample_threads(pids, threads_seen.clone()));
         let (started, samples, retries) =
             drive(&target, clients, opts.batch, work, opts.duration).await?;
@@ -303,7 +299,11 @@ pub(crate) async fn run(
             .zip(cpu_before)
             .map(|(after, before)| after - before)
             .collect();
-        let seen = std::mem::take(&mut *threads_seen.lock().map_err(|_| anyhow!("poisoned"))?);
+        let seen = std::mem::take(
+            &mut *threads_seen
+                .lock()
+                .map_err(|_| anyhow!("the thread sampler panicked"))?,
+        );
         report.cpu_by_thread = (1..=3)
             .zip(threads_before)
             .zip(seen)

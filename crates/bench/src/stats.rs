@@ -151,6 +151,7 @@ const UNATTRIBUTED: &str = "(unattributed)";
 /// Why per thread: a node's CPU is spread over tokio's workers, sled's IO pool, the group
 /// committer and sled's flusher, and which of them grows says what limits a run (sled wakes
 /// its whole IO pool for every write it hands over, for example).
+#[derive(Clone)]
 pub(crate) struct ThreadCpu {
     /// Thread id → (kind, CPU seconds so far).
     threads: BTreeMap<u32, (String, f64)>,
