@@ -162,13 +162,10 @@ impl LedgerStateMachine {
         /// build's start, a commit) still moves the worker's other tasks away.
         const LOCK_YIELDS: usize = 16;
         let poisoned = |_| io_err("state machine lock poisoned by an earlier panic");
-        match self.inner.try_lock() {
-            Ok(guard) => return Ok(guard),
-            Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
-            Err(std::sync::TryLockError::WouldBlock) => {}
-        }
-        for _ in 0..LOCK_YIELDS {
-            std::thread::yield_now();
+        for attempt in 0..=LOCK_YIELDS {
+            if attempt > 0 {
+                std::thread::yield_now();
+            }
             match self.inner.try_lock() {
                 Ok(guard) => return Ok(guard),
                 Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
