@@ -23,17 +23,17 @@ pub fn thread_waits() -> Option<Vec<ThreadWait>> {
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let Ok(entry) = entry else { continue };
         let dir = entry.path();
-        // A thread can exit between the listing and these reads: skip it.
+        // A thread can exit between the listing and these reads: skip it. Its name comes from
+        // the same read as its state (a separate read of `comm` could find it gone).
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
-        let Some(state) = state_of(&stat) else {
+        let Some((name, state)) = name_and_state(&stat) else {
             continue;
         };
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let wchan = std::fs::read_to_string(dir.join("wchan")).unwrap_or_default();
         threads.push(ThreadWait {
-            name: name.trim().to_owned(),
+            name: name.to_owned(),
             state,
             wchan: match wchan.trim() {
                 "0" => String::new(),
@@ -45,11 +45,14 @@ pub fn thread_waits() -> Option<Vec<ThreadWait>> {
     Some(threads)
 }
 
-/// The state letter of a `/proc/<pid>/task/<tid>/stat` line: the field after the parenthesised
-/// name, which may itself contain spaces and parentheses (hence the last `)`).
-fn state_of(stat: &str) -> Option<char> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().next()?.chars().next()
+/// The name and state letter of a `/proc/<pid>/task/<tid>/stat` line: the name is in
+/// parentheses and may itself contain spaces and parentheses (hence the last `)`), the state
+/// is the field after it.
+fn name_and_state(stat: &str) -> Option<(&str, char)> {
+    let (head, after_name) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let state = after_name.split_whitespace().next()?.chars().next()?;
+    Some((name, state))
 }
 
 /// A one-line summary for a log: the storage threads (ours and sled's) and every thread in
@@ -77,10 +80,16 @@ mod tests {
 
     #[test]
     fn the_state_follows_the_last_parenthesis() {
-        assert_eq!(state_of("12 (tokio-rt-worker) S 1 2 3"), Some('S'));
-        assert_eq!(state_of("12 (odd) name) D 1 2 3"), Some('D'));
-        assert_eq!(state_of("12 no parenthesis"), None);
-        assert_eq!(state_of("12 (truncated)"), None);
+        assert_eq!(
+            name_and_state("12 (tokio-rt-worker) S 1 2 3"),
+            Some(("tokio-rt-worker", 'S'))
+        );
+        assert_eq!(
+            name_and_state("12 (odd) name) D 1 2 3"),
+            Some(("odd) name", 'D'))
+        );
+        assert_eq!(name_and_state("12 no parenthesis"), None);
+        assert_eq!(name_and_state("12 (truncated)"), None);
     }
 
     #[test]
