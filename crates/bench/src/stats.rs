@@ -118,14 +118,11 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// The command name and CPU seconds (user + system) of a `/proc/.../stat` line.
 fn parse_stat(stat: &str) -> Option<(&str, f64)> {
-    // The command name is in parentheses and may contain spaces and parentheses itself;
-    // fields resume after the last ')'.
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (name, fields) = wasteledger_server::runtime::threads::split_stat(stat)?;
     // After ')': state is field 3 of stat(5), so utime (14) and stime (15) are at 11 and 12.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let mut times = fields.skip(11);
+    let utime: f64 = times.next()?.parse().ok()?;
+    let stime: f64 = times.next()?.parse().ok()?;
     // USER_HZ is 100 on every Linux platform this runs on.
     Some((name, (utime + stime) / 100.0))
 }

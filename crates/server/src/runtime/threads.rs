@@ -45,13 +45,20 @@ pub fn thread_waits() -> Option<Vec<ThreadWait>> {
     Some(threads)
 }
 
-/// The name and state letter of a `/proc/<pid>/task/<tid>/stat` line: the name is in
-/// parentheses and may itself contain spaces and parentheses (hence the last `)`), the state
-/// is the field after it.
-fn name_and_state(stat: &str) -> Option<(&str, char)> {
+/// Splits a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` line into the command name and
+/// the fields after it. The name is in parentheses and may itself contain spaces and
+/// parentheses, so the fields resume after the last `)`; the first of them is the state
+/// (field 3 of proc(5)). `None` for a line without a parenthesised name.
+pub fn split_stat(stat: &str) -> Option<(&str, std::str::SplitWhitespace<'_>)> {
     let (head, after_name) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1;
-    let state = after_name.split_whitespace().next()?.chars().next()?;
+    Some((name, after_name.split_whitespace()))
+}
+
+/// The name and state letter of a thread's `stat` line.
+fn name_and_state(stat: &str) -> Option<(&str, char)> {
+    let (name, mut fields) = split_stat(stat)?;
+    let state = fields.next()?.chars().next()?;
     Some((name, state))
 }
 
