@@ -219,6 +219,8 @@ pub(crate) struct LedgerBench {
     pub(crate) learner: bool,
     /// Keep the cluster's directory after the run.
     pub(crate) keep_data: bool,
+    /// `[raft] snapshot_every` for the nodes (`None` = the production default).
+    pub(crate) snapshot_every: Option<u64>,
 }
 
 /// Extra figures measured once per benchmark.
@@ -252,7 +254,12 @@ pub(crate) async fn run(
             opts.binary.display()
         );
     }
-    let mut cluster = Cluster::start_with_raft(&opts.binary, 3, "");
+    // Production settings unless asked otherwise: figures are only comparable with them.
+    let raft_section = opts
+        .snapshot_every
+        .map(|n| format!("[raft]\nsnapshot_every = {n}\n"))
+        .unwrap_or_default();
+    let mut cluster = Cluster::start_with_raft(&opts.binary, 3, &raft_section);
     if opts.keep_data {
         let dir = cluster.keep_files();
         eprintln!("keeping the cluster's files in {}", dir.display());

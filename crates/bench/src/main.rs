@@ -67,6 +67,10 @@ enum Command {
         /// Keep the cluster's directory (node data and logs) and print its path at the end.
         #[arg(long)]
         keep_data: bool,
+        /// Nodes snapshot (and purge their Raft logs) every this many entries or events
+        /// instead of the production default: for measuring what snapshots cost a run.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        snapshot_every: Option<u64>,
         /// Also write the JSON report to this file, rewritten as each figure is measured, so
         /// a run interrupted after its load still leaves the figures it had.
         #[arg(long, value_name = "FILE")]
@@ -163,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             restart,
             learner,
             keep_data,
+            snapshot_every,
             save,
         } => {
             let binary = match binary {
@@ -182,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
                 restart,
                 learner,
                 keep_data,
+                snapshot_every,
             };
             if let Some(path) = &save {
                 // Before the load, so a path that cannot be written fails now, not at the end.
