@@ -33,8 +33,11 @@ pub trait LedgerView {
     fn party_record(&self, registry_id: &str) -> Option<PartyRecord>;
     /// The registry id of the party that registered this key (ever).
     fn key_owner(&self, key_id: &Digest) -> Option<String>;
-    /// The index of an accepted event with this hash, if any (duplicate detection).
-    fn event_index(&self, event_hash: &Digest) -> Option<u64>;
+    /// The index of an accepted event with this hash, if any (duplicate detection). The hash
+    /// covers the event's body, which names `subject`, so a view may search that subject's
+    /// events alone: a store need not keep an index of every event hash, whose random keys
+    /// make each insert and lookup slower as history grows.
+    fn event_index(&self, subject: &Subject, event_hash: &Digest) -> Option<u64>;
 
     /// See [`KeyDirectory::verified_before`]; default: nothing remembered.
     fn verified_before(&self, check: &Digest) -> bool {
@@ -140,7 +143,7 @@ impl LedgerView for SubjectIndex {
         self.key_owners.get(key_id).cloned()
     }
 
-    fn event_index(&self, event_hash: &Digest) -> Option<u64> {
+    fn event_index(&self, _subject: &Subject, event_hash: &Digest) -> Option<u64> {
         self.events.get(event_hash).copied()
     }
 }
@@ -397,7 +400,7 @@ pub fn evaluate(
     sequenced_at: i64,
 ) -> Result<Decision, Rejection> {
     let event = decode_event(&genesis.ledger_id, signed)?;
-    if let Some(index) = view.event_index(&event.hash) {
+    if let Some(index) = view.event_index(&event.subject, &event.hash) {
         return Err(Rejection::AlreadyRecorded { index });
     }
     let index = view.size();

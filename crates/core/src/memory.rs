@@ -169,8 +169,8 @@ impl LedgerView for MemoryLedger {
         self.state.key_owner(key_id)
     }
 
-    fn event_index(&self, event_hash: &Digest) -> Option<u64> {
-        self.state.event_index(event_hash)
+    fn event_index(&self, subject: &Subject, event_hash: &Digest) -> Option<u64> {
+        self.state.event_index(subject, event_hash)
     }
 }
 

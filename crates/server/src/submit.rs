@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Status};
 use wasteledger_core::entry::LedgerEntry;
-use wasteledger_core::envelope::event_hash;
+use wasteledger_core::envelope::{decode_event, event_hash};
 use wasteledger_core::ledger::{LedgerView, independent_runs};
 use wasteledger_core::pb;
 use wasteledger_node::node::{Submitted, WriteError};
@@ -79,8 +79,12 @@ impl LedgerApi {
             }) => {
                 if code == "ledger.already_recorded" {
                     let ledger_id = self.node.state_machine.genesis().ledger_id;
-                    let hash = event_hash(&ledger_id, &event.body);
-                    let index = self.read_store(|s| Ok(s.event_index(&hash)))?;
+                    // It decoded at the pre-check that refused it, so it decodes here.
+                    let recorded = decode_event(&ledger_id, event).ok();
+                    let index = match recorded {
+                        Some(e) => self.read_store(|s| Ok(s.event_index(&e.subject, &e.hash)))?,
+                        None => None,
+                    };
                     if let Some(index) = index {
                         return self.receipt_for_index(index, event).map(Outcome::Accepted);
                     }

@@ -61,6 +61,10 @@ const MANIFEST: u8 = b'M';
 const BODY: u8 = b'B';
 const PARTY: u8 = b'P';
 const KEY_OWNER: u8 = b'K';
+/// Registry event hash → entry index, for duplicate detection. Only registry events get one
+/// (since the sixteenth benchmark pass; older stores also hold one per manifest event, unused):
+/// a manifest's state lists its own events, and a hash-keyed record per event was the one
+/// insert per event at a random place in the tree, slower the more history it held.
 const EVENT: u8 = b'H';
 const INDEX: u8 = b'X';
 const STATE: u8 = b'S';
@@ -161,7 +165,7 @@ pub enum CosignOutcome {
 pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
 /// The records of a ledger's history that no later entry changes: entries, Merkle nodes of
-/// complete subtrees, the event-hash index, the party and waste-code indexes and each revision
+/// complete subtrees, the registry events' hash index, the party and waste-code indexes and each revision
 /// of each manifest. Below a ledger size they are written once and
 /// never again, so they can be read while later entries are applied (a snapshot copies or
 /// sends them without stopping the ledger). Owns a handle to the tree, so it outlives a borrow
@@ -546,10 +550,12 @@ impl LedgerStore {
             return Err(StoreError::Inconsistent(e.to_string()));
         }
         self.stage(key(ENTRY, &index.to_be_bytes()), bytes);
-        self.stage(
-            key(EVENT, decision.event.hash.as_bytes()),
-            index.to_be_bytes().to_vec(),
-        );
+        if let Subject::Party(_) = decision.event.subject {
+            self.stage(
+                key(EVENT, decision.event.hash.as_bytes()),
+                index.to_be_bytes().to_vec(),
+            );
+        }
         self.stage(key(STATE, CHAIN_HEAD), chain_next.0.to_vec());
         self.stage(
             key(STATE, LAST_SEQUENCED),
@@ -1244,9 +1250,28 @@ impl LedgerView for LedgerStore {
         String::from_utf8(bytes.to_vec()).ok()
     }
 
-    fn event_index(&self, event_hash: &Digest) -> Option<u64> {
-        let bytes = self.read(&key(EVENT, event_hash.as_bytes())).ok()??;
-        read_u64(&bytes, "event index").ok()
+    fn event_index(&self, subject: &Subject, event_hash: &Digest) -> Option<u64> {
+        let tracking = match subject {
+            Subject::Manifest(tracking) => tracking,
+            Subject::Party(_) => {
+                let bytes = self.read(&key(EVENT, event_hash.as_bytes())).ok()??;
+                return read_u64(&bytes, "event index").ok();
+            }
+        };
+        // Searched in place when cached: the state is ~3 KB and every event asks.
+        let recorded = |state: &ManifestState| {
+            state
+                .events
+                .iter()
+                .find(|e| e.hash == *event_hash)
+                .map(|e| e.index)
+        };
+        if let Ok(manifests) = self.caches.manifests.lock()
+            && let Some(state) = manifests.get(&tracking.to_string())
+        {
+            return recorded(state);
+        }
+        self.manifest(tracking).as_ref().and_then(recorded)
     }
 }
 

@@ -4,7 +4,7 @@
 // Test code: a failed expectation is a test failure with a message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use wasteledger_core::ledger::LedgerView;
+use wasteledger_core::ledger::{LedgerView, Rejection};
 use wasteledger_core::memory::MemoryLedger;
 use wasteledger_core::pb::{self, event_body::Kind};
 use wasteledger_core::proof::{build_custody_proof, verify_custody_proof};
@@ -243,6 +243,55 @@ fn applying_after_a_reopen_continues_the_same_ledger() {
             "split at {split}"
         );
     }
+}
+
+/// A resubmitted event is refused as already recorded, naming the index it was recorded at:
+/// a manifest event found in its manifest's own chain, a registry event in the registry's hash
+/// index. Checked after a reopen, when no manifest state is cached and each is read back from
+/// sled.
+#[test]
+fn a_resubmission_is_found_at_its_first_index_after_a_reopen() {
+    let net = SampleNetwork::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let map_path = dir.path().join("map");
+    let all = events(&net);
+    let mut recorded = Vec::new();
+    {
+        let db = DurableDb::open(&path).unwrap();
+        let mut store = LedgerStore::open(
+            db.raw_tree("ledger").unwrap(),
+            &map_path,
+            net.genesis.clone(),
+        )
+        .unwrap();
+        for (event, time) in &all {
+            if let Ok(receipt) = store.apply(event, *time, &[]).unwrap() {
+                recorded.push((event.clone(), receipt.index));
+            }
+        }
+        store.commit().unwrap();
+        db.sync().unwrap();
+    }
+    let registry_events = net.registrations().len();
+    assert!(registry_events > 0 && recorded.len() > registry_events);
+    let db = DurableDb::open(&path).unwrap();
+    let mut store = LedgerStore::open(
+        db.raw_tree("ledger").unwrap(),
+        &map_path,
+        net.genesis.clone(),
+    )
+    .unwrap();
+    let size = store.size();
+    for (event, index) in &recorded {
+        let outcome = store.apply(event, T0 + 100 * HOUR, &[]).unwrap();
+        assert_eq!(
+            outcome.err(),
+            Some(Rejection::AlreadyRecorded { index: *index }),
+            "resubmission of the event at {index}"
+        );
+    }
+    assert_eq!(store.size(), size);
 }
 
 /// Roots at every size, and the custody proof of the sample manifest, of a reopened store.
