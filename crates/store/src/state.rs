@@ -62,9 +62,9 @@ const BODY: u8 = b'B';
 const PARTY: u8 = b'P';
 const KEY_OWNER: u8 = b'K';
 /// Registry event hash → entry index, for duplicate detection. Only registry events get one
-/// (since the sixteenth benchmark pass; older stores also hold one per manifest event, unused):
-/// a manifest's state lists its own events, and a hash-keyed record per event was the one
-/// insert per event at a random place in the tree, slower the more history it held.
+/// (stores written before also hold one per manifest event, which nothing reads now): a
+/// manifest's state lists its own events, and a hash-keyed record per event was the one insert
+/// per event at a random place in the tree, slower the more history it held.
 const EVENT: u8 = b'H';
 const INDEX: u8 = b'X';
 const STATE: u8 = b'S';
