@@ -165,8 +165,8 @@ pub enum CosignOutcome {
 pub type Record = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
 /// The records of a ledger's history that no later entry changes: entries, Merkle nodes of
-/// complete subtrees, the registry events' hash index, the party and waste-code indexes and each revision
-/// of each manifest. Below a ledger size they are written once and
+/// complete subtrees, the registry events' hash index, the party and waste-code indexes and
+/// each revision of each manifest. Below a ledger size they are written once and
 /// never again, so they can be read while later entries are applied (a snapshot copies or
 /// sends them without stopping the ledger). Owns a handle to the tree, so it outlives a borrow
 /// of the store; an install that replaces the whole state invalidates what it reads, which the

@@ -4,6 +4,8 @@
 // Test code: a failed expectation is a test failure with a message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::path::Path;
+
 use wasteledger_core::ledger::{LedgerView, Rejection};
 use wasteledger_core::memory::MemoryLedger;
 use wasteledger_core::pb::{self, event_body::Kind};
@@ -68,6 +70,18 @@ fn second_manifest_created(net: &SampleNetwork, time: i64) -> (pb::SignedEvent, 
         manifest: Some(net.manifest("20261502000002", &[ids::ROAD])),
     });
     (flow.event(created, &[ids::GENERATOR]), time)
+}
+
+/// The database at `db_path` and the ledger store in it, its map file at `map_path`.
+fn open_store(db_path: &Path, map_path: &Path, net: &SampleNetwork) -> (DurableDb, LedgerStore) {
+    let db = DurableDb::open(db_path).unwrap();
+    let store = LedgerStore::open(
+        db.raw_tree("ledger").unwrap(),
+        map_path,
+        net.genesis.clone(),
+    )
+    .unwrap();
+    (db, store)
 }
 
 fn temp_db() -> (tempfile::TempDir, DurableDb) {
@@ -208,26 +222,14 @@ fn applying_after_a_reopen_continues_the_same_ledger() {
         let path = dir.path().join(format!("db{split}"));
         let map_path = dir.path().join(format!("map{split}"));
         {
-            let db = DurableDb::open(&path).unwrap();
-            let mut store = LedgerStore::open(
-                db.raw_tree("ledger").unwrap(),
-                &map_path,
-                net.genesis.clone(),
-            )
-            .unwrap();
+            let (db, mut store) = open_store(&path, &map_path, &net);
             for (event, time) in &all[..split] {
                 let _ = store.apply(event, *time, &[]).unwrap();
             }
             store.commit().unwrap();
             db.sync().unwrap();
         }
-        let db = DurableDb::open(&path).unwrap();
-        let mut store = LedgerStore::open(
-            db.raw_tree("ledger").unwrap(),
-            &map_path,
-            net.genesis.clone(),
-        )
-        .unwrap();
+        let (_db, mut store) = open_store(&path, &map_path, &net);
         for (event, time) in &all[split..] {
             let _ = store.apply(event, *time, &[]).unwrap();
         }
@@ -258,13 +260,7 @@ fn a_resubmission_is_found_at_its_first_index_after_a_reopen() {
     let all = events(&net);
     let mut recorded = Vec::new();
     {
-        let db = DurableDb::open(&path).unwrap();
-        let mut store = LedgerStore::open(
-            db.raw_tree("ledger").unwrap(),
-            &map_path,
-            net.genesis.clone(),
-        )
-        .unwrap();
+        let (db, mut store) = open_store(&path, &map_path, &net);
         for (event, time) in &all {
             if let Ok(receipt) = store.apply(event, *time, &[]).unwrap() {
                 recorded.push((event.clone(), receipt.index));
@@ -275,13 +271,7 @@ fn a_resubmission_is_found_at_its_first_index_after_a_reopen() {
     }
     let registry_events = net.registrations().len();
     assert!(registry_events > 0 && recorded.len() > registry_events);
-    let db = DurableDb::open(&path).unwrap();
-    let mut store = LedgerStore::open(
-        db.raw_tree("ledger").unwrap(),
-        &map_path,
-        net.genesis.clone(),
-    )
-    .unwrap();
+    let (_db, mut store) = open_store(&path, &map_path, &net);
     let size = store.size();
     for (event, index) in &recorded {
         let outcome = store.apply(event, T0 + 100 * HOUR, &[]).unwrap();
@@ -573,13 +563,7 @@ fn store_with_checkpoint_at_8(dir: &std::path::Path) -> (DurableDb, sled::Tree, 
     let net = SampleNetwork::new().unwrap();
     let map_path = dir.join("ledger.map");
     {
-        let db = DurableDb::open(dir.join("db")).unwrap();
-        let mut store = LedgerStore::open(
-            db.raw_tree("ledger").unwrap(),
-            &map_path,
-            net.genesis.clone(),
-        )
-        .unwrap();
+        let (db, mut store) = open_store(&dir.join("db"), &map_path, &net);
         for (event, time) in events(&net) {
             store.apply(&event, time, &[]).unwrap().ok();
         }
