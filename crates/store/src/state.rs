@@ -721,20 +721,29 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// What the index records need of a manifest's stored state, read from the cache without
-    /// copying the state when it is there (evaluating the event just put it there).
+    /// What the index records need of a manifest's stored state (evaluating the event just
+    /// put it in the cache).
     fn manifest_before(&self, tracking: &Tracking) -> Option<StoredManifest> {
-        let canonical = tracking.to_string();
-        let of = |state: &ManifestState| StoredManifest {
+        self.inspect_manifest(tracking, |state| StoredManifest {
             status: state.status.name(),
             corrections_applied: state.corrections_applied,
-        };
+        })
+    }
+
+    /// `look` applied to the manifest's folded state, read in the cache without copying it
+    /// when it is there (a state is ~3 KB), else decoded from sled and cached; `None` if the
+    /// manifest does not exist.
+    fn inspect_manifest<T>(
+        &self,
+        tracking: &Tracking,
+        look: impl Fn(&ManifestState) -> T,
+    ) -> Option<T> {
         if let Ok(manifests) = self.caches.manifests.lock()
-            && let Some(state) = manifests.get(&canonical)
+            && let Some(state) = manifests.get(&tracking.to_string())
         {
-            return Some(of(state));
+            return Some(look(state));
         }
-        self.manifest(tracking).as_ref().map(of)
+        self.manifest(tracking).as_ref().map(look)
     }
 
     fn cache_manifest(&self, tracking: &str, state: &ManifestState) {
@@ -1258,20 +1267,14 @@ impl LedgerView for LedgerStore {
                 return read_u64(&bytes, "event index").ok();
             }
         };
-        // Searched in place when cached: the state is ~3 KB and every event asks.
-        let recorded = |state: &ManifestState| {
+        self.inspect_manifest(tracking, |state| {
             state
                 .events
                 .iter()
                 .find(|e| e.hash == *event_hash)
                 .map(|e| e.index)
-        };
-        if let Ok(manifests) = self.caches.manifests.lock()
-            && let Some(state) = manifests.get(&tracking.to_string())
-        {
-            return recorded(state);
-        }
-        self.manifest(tracking).as_ref().and_then(recorded)
+        })
+        .flatten()
     }
 }
 
