@@ -13,7 +13,7 @@
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `E` | index (u64 BE) | leaf bytes (`entry::LedgerEntry`) |
-//! | `N` | level (u8) ‖ index (u64 BE) | Merkle node hash |
+//! | `N` | level (u8, from [`FIRST_STORED_LEVEL`]) ‖ index (u64 BE) | Merkle node hash of a complete subtree |
 //! | `M` | canonical tracking number | `pb::ManifestState` without its `manifest` |
 //! | `B` | canonical tracking number ‖ 0x00 ‖ corrections applied (u32 BE) | index (u64 BE) of the entry that wrote it ‖ `pb::Manifest` at that revision |
 //! | `P` | registry id | `pb::PartyState` |
@@ -39,7 +39,7 @@ use wasteledger_core::hash::Digest;
 use wasteledger_core::ledger::{Decision, LedgerView, Rejection, SubjectState, evaluate};
 use wasteledger_core::map::CompletenessMap;
 use wasteledger_core::memory::Receipt;
-use wasteledger_core::merkle::{Blake3Hasher, MerkleTree, NodeStore};
+use wasteledger_core::merkle::{Blake3Hasher, MerkleHasher, MerkleTree, NodeStore};
 use wasteledger_core::pb;
 use wasteledger_core::proof::ProofSource;
 use wasteledger_core::registry::PartyRecord;
@@ -57,6 +57,13 @@ pub use integrity::{HistoryCheck, HistoryChecked, IntegrityError};
 
 const ENTRY: u8 = b'E';
 const NODE: u8 = b'N';
+/// The lowest Merkle level kept in sled. Nodes below it (leaves and the two levels above)
+/// are recomputed from the entries when a proof or a root at an older size needs them: at
+/// most 2^3 − 1 entry reads per proof path. Storing every level was ~2 sled inserts per event
+/// (the leaf and, on average, one interior node), over a quarter of all the inserts applying
+/// an event makes; from level 3 on it is a quarter of one insert. Stores written before also
+/// hold the lower levels, which nothing reads now and no snapshot sends.
+pub const FIRST_STORED_LEVEL: u8 = 3;
 const MANIFEST: u8 = b'M';
 const BODY: u8 = b'B';
 const PARTY: u8 = b'P';
@@ -126,21 +133,43 @@ fn overlay_put(overlay: &Overlay, key: Vec<u8>, value: Vec<u8>) {
     }
 }
 
-/// Merkle node storage on the ledger tree.
+/// Merkle node storage on the ledger tree: levels from [`FIRST_STORED_LEVEL`] up are
+/// records, lower ones are recomputed from the entries they cover.
 #[derive(Clone)]
 pub struct SledNodes {
     tree: sled::Tree,
     overlay: Overlay,
 }
 
+impl SledNodes {
+    /// Node `(level, index)` below [`FIRST_STORED_LEVEL`], from the 2^level entries under it.
+    fn recomputed(&self, level: u8, index: u64) -> Option<Digest> {
+        if level == 0 {
+            let entry = overlay_get(&self.tree, &self.overlay, &key(ENTRY, &index.to_be_bytes()))?;
+            return Some(leaf_hash(&entry));
+        }
+        let left = index.checked_mul(2)?;
+        Some(Blake3Hasher::hash_children(
+            &self.get(level - 1, left)?,
+            &self.get(level - 1, left.checked_add(1)?)?,
+        ))
+    }
+}
+
 impl NodeStore for SledNodes {
     fn get(&self, level: u8, index: u64) -> Option<Digest> {
+        if level < FIRST_STORED_LEVEL {
+            return self.recomputed(level, index);
+        }
         overlay_get(&self.tree, &self.overlay, &node_key(level, index))
             .and_then(|v| Digest::from_slice(&v))
     }
 
     fn put(&mut self, level: u8, index: u64, hash: Digest) {
-        overlay_put(&self.overlay, node_key(level, index), hash.0.to_vec());
+        // Lower levels are recomputed from the entries staged beside them.
+        if level >= FIRST_STORED_LEVEL {
+            overlay_put(&self.overlay, node_key(level, index), hash.0.to_vec());
+        }
     }
 }
 
@@ -187,6 +216,8 @@ impl SettledHistory {
             // Node (level, index) covers leaves [index·2^level, (index+1)·2^level): complete
             // at `size` iff that range ends at or before it.
             Ok((k, _)) => match (k.get(1), k.get(2..10).and_then(|b| b.try_into().ok())) {
+                // Lower levels of stores written before: recomputed, so not sent.
+                (Some(&level), _) if level < FIRST_STORED_LEVEL => false,
                 (Some(&level), Some(raw)) => u64::from_be_bytes(raw)
                     .checked_add(1)
                     .and_then(|end| end.checked_shl(u32::from(level)))

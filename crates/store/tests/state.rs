@@ -12,7 +12,7 @@ use wasteledger_core::pb::{self, event_body::Kind};
 use wasteledger_core::proof::{build_custody_proof, verify_custody_proof};
 use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
 use wasteledger_store::DurableDb;
-use wasteledger_store::state::{HistoryChecked, IntegrityError, LedgerStore};
+use wasteledger_store::state::{FIRST_STORED_LEVEL, HistoryChecked, IntegrityError, LedgerStore};
 
 /// Signed events of a full multimodal lifecycle plus a rejected duplicate, with ledger times.
 fn events(net: &SampleNetwork) -> Vec<(pb::SignedEvent, i64)> {
@@ -303,6 +303,58 @@ fn assert_matches_reference(store: &LedgerStore, reference: &MemoryLedger, net: 
         build_custody_proof(store, &tracking, &note).unwrap(),
         build_custody_proof(reference, &tracking, &note).unwrap()
     );
+}
+
+#[test]
+fn merkle_levels_below_the_first_stored_one_are_recomputed_from_the_entries() {
+    use wasteledger_core::proof::ProofSource;
+    let net = SampleNetwork::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let map_path = dir.path().join("ledger.map");
+    let mut reference = MemoryLedger::new(net.genesis.clone());
+    {
+        let (db, mut store) = open_store(&dir.path().join("db"), &map_path, &net);
+        for (event, time) in events(&net) {
+            assert_eq!(
+                store.apply(&event, time, &[]).unwrap(),
+                reference.submit(&event, time)
+            );
+        }
+        store.commit().unwrap();
+        db.sync().unwrap();
+    }
+    let db = DurableDb::open(dir.path().join("db")).unwrap();
+    let tree = db.raw_tree("ledger").unwrap();
+    let stored_levels: Vec<u8> = tree.scan_prefix(b"N").map(|r| r.unwrap().0[1]).collect();
+    assert!(
+        stored_levels.contains(&FIRST_STORED_LEVEL),
+        "the sample ledger is large enough to complete a stored node: {stored_levels:?}"
+    );
+    assert!(
+        stored_levels
+            .iter()
+            .all(|&level| level >= FIRST_STORED_LEVEL)
+    );
+
+    // Reopened, so the frontier and every proof come from what is stored.
+    let store = LedgerStore::open(tree, &map_path, net.genesis.clone()).unwrap();
+    for size in 0..=store.size() {
+        for index in 0..size {
+            assert_eq!(
+                store.inclusion_proof(index, size),
+                reference.inclusion_proof(index, size),
+                "inclusion of {index} at size {size}"
+            );
+        }
+        for old in 0..=size {
+            assert_eq!(
+                store.consistency_proof(old, size),
+                reference.tree().consistency_proof(old, size).ok(),
+                "consistency of {old} with {size}"
+            );
+        }
+    }
+    assert_matches_reference(&store, &reference, &net);
 }
 
 #[test]
@@ -707,16 +759,33 @@ fn every_damaged_entry_is_found_by_start_up_or_by_the_history_check_whatever_the
         if let Some(h) = &history {
             assert_eq!(h.run(&mut || false), Ok(HistoryChecked::Complete));
         }
+        // Below the current size, the root at the checkpoint is recomputed at start-up from
+        // the stored nodes from FIRST_STORED_LEVEL up and from the entries of its last
+        // incomplete group of leaves. (At the current size it is the root this store computed
+        // when it was opened, before the damage below.)
+        let group = 1u64 << FIRST_STORED_LEVEL;
+        let read_for_root = if checkpoint < size {
+            checkpoint - checkpoint % group..checkpoint
+        } else {
+            0..0
+        };
         for damaged in 0..size {
             flip_entry_byte(&tree, damaged);
             let found = IntegrityError::LeafMismatch { index: damaged };
             match store.verify_recent() {
+                Err(e) if read_for_root.contains(&damaged) => {
+                    assert_eq!(e, IntegrityError::RootMismatch { size: checkpoint });
+                }
                 Err(e) => {
                     assert!(damaged >= checkpoint, "start-up read entry {damaged}");
                     assert_eq!(e, found);
                 }
                 Ok(history) => {
                     assert!(damaged < checkpoint, "start-up missed entry {damaged}");
+                    assert!(
+                        !read_for_root.contains(&damaged),
+                        "start-up missed {damaged}"
+                    );
                     let history = history.expect("history left to check");
                     assert_eq!(history.run(&mut || false), Err(found.clone()));
                 }

@@ -1,21 +1,27 @@
 //! The stored ledger's integrity checks: the integrity checkpoint they compare against, and
 //! one walk over stored entries that recomputes each leaf, the hash chain and the tree root.
 //!
+//! An entry's leaf is checked against the chain link recorded after it: the next entry names
+//! it as its predecessor's link, and after the last entry of a walk it is the chain head or
+//! the checkpoint's recorded link. (Leaves are not stored: see
+//! [`FIRST_STORED_LEVEL`](super::FIRST_STORED_LEVEL).) A damaged entry is named by its index;
+//! damage to the link recorded after it (the next entry's link field, the chain head or the
+//! checkpoint's link) is reported against the same index, since the two cannot be told apart.
+//!
 //! A node must not serve a damaged ledger, but reading every entry at every start makes
 //! start-up grow with history (a million entries is ~1.5 GB to read and hash). So the work is
 //! split at the *integrity checkpoint*, a ledger size whose tree root and chain link the node
 //! recorded when it knew them to be good (at each snapshot and each published checkpoint):
 //!
 //! - **at start-up** ([`LedgerStore::verify_recent`]): every entry after the checkpoint against
-//!   its stored leaf and the chain from the recorded link to the chain head, and the tree root at
-//!   the checkpoint, recomputed from the stored Merkle nodes (`O(log n)` reads), against the
-//!   recorded root. This covers what a crash can leave half-written, and costs the entries since
-//!   the last snapshot, not the history;
-//! - **after start-up** ([`HistoryCheck`]): every entry below the checkpoint against its stored
-//!   leaf, the chain from genesis to the recorded link, and the root recomputed from those leaves
-//!   against the recorded root. Entries below the checkpoint never change, so this runs beside
-//!   the ledger without its lock, and finds damage to settled history (a bad disk, an edited
-//!   file);
+//!   the chain from the recorded link to the chain head, and the tree root at the checkpoint,
+//!   recomputed from the stored Merkle nodes (`O(log n)` reads, and the entries of its last
+//!   incomplete group of 8 leaves), against the recorded root. This covers what a crash can
+//!   leave half-written, and costs the entries since the last snapshot, not the history;
+//! - **after start-up** ([`HistoryCheck`]): every entry below the checkpoint against the chain
+//!   from genesis to the recorded link, and the root recomputed from their leaves against the
+//!   recorded root. Entries below the checkpoint never change, so this runs beside the ledger
+//!   without its lock, and finds damage to settled history (a bad disk, an edited file);
 //! - **both at once** ([`LedgerStore::verify_integrity`]), for a state just installed from a
 //!   snapshot, which the node has never checked before.
 //!
@@ -29,14 +35,17 @@ use wasteledger_core::entry::{LedgerEntry, chain_link, leaf_hash};
 use wasteledger_core::hash::Digest;
 use wasteledger_core::merkle::{Blake3Hasher, MerkleTree, NodeStore};
 
-use super::{ENTRY, INTEGRITY, LedgerStore, STATE, key, node_key};
+use super::{ENTRY, INTEGRITY, LedgerStore, STATE, key};
 use crate::error::StoreError;
 
 /// Why an integrity check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntegrityError {
-    /// A stored entry does not match the leaf hash recorded when it was applied.
-    #[error("ledger entry {index} is damaged: its bytes no longer hash to the recorded leaf")]
+    /// A stored entry no longer hashes to the chain link recorded after it (in the next entry,
+    /// or as the chain head or checkpoint link after the last one).
+    #[error(
+        "ledger entry {index} is damaged: its bytes no longer hash to the chain link recorded after it"
+    )]
     LeafMismatch {
         /// First bad index.
         index: u64,
@@ -131,20 +140,23 @@ enum Walked {
 /// How often (in entries) a walk asks whether to stop.
 const STOP_POLL_EVERY: u64 = 4096;
 
-/// Walks entries `range` of `tree` in index order beside their stored leaf hashes (two range
-/// scans, not a point read per index): each entry must decode, carry its index, hash to its
-/// stored leaf and name the chain link before it, starting from `chain`. Each good leaf is
-/// handed to `on_leaf` with its index and the chain link after it.
+/// Walks entries `range` of `tree` in index order (one range scan, not a point read per
+/// index): each entry must decode, carry its index and hash to the chain link recorded after
+/// it, which the next entry names as its predecessor's and `end` gives after the last one.
+/// The first entry must name `chain`, the link before the range. Each good leaf is handed to
+/// `on_leaf` with its index and the chain link after it.
 fn walk(
     tree: &sled::Tree,
     range: Range<u64>,
     mut chain: Digest,
+    end: Digest,
     on_leaf: &mut dyn FnMut(u64, Digest, Digest),
     should_stop: &mut dyn FnMut() -> bool,
 ) -> Result<Walked, IntegrityError> {
     let mut entries =
         tree.range(key(ENTRY, &range.start.to_be_bytes())..key(ENTRY, &range.end.to_be_bytes()));
-    let mut stored_leaves = tree.range(node_key(0, range.start)..node_key(0, range.end));
+    // The entry before this one, whose leaf the link this one names must confirm.
+    let mut unconfirmed = None;
     for index in range {
         if index % STOP_POLL_EVERY == 0 && should_stop() {
             return Ok(Walked::Stopped);
@@ -157,23 +169,21 @@ fn walk(
         if entry.index != index {
             return Err(IntegrityError::Malformed { index });
         }
-        let leaf = leaf_hash(&bytes);
-        let stored = match stored_leaves.next() {
-            Some(Ok((k, v))) if k.get(2..) == Some(&index.to_be_bytes()[..]) => {
-                Digest::from_slice(&v)
-            }
-            _ => None,
-        };
-        if stored != Some(leaf) {
-            return Err(IntegrityError::LeafMismatch { index });
-        }
         if entry.chain_prev != chain {
-            return Err(IntegrityError::ChainMismatch { index });
+            return Err(match unconfirmed {
+                Some(previous) => IntegrityError::LeafMismatch { index: previous },
+                None => IntegrityError::ChainMismatch { index },
+            });
         }
+        let leaf = leaf_hash(&bytes);
         chain = chain_link(&chain, &leaf);
         on_leaf(index, leaf, chain);
+        unconfirmed = Some(index);
     }
-    Ok(Walked::To(chain))
+    match unconfirmed {
+        Some(last) if chain != end => Err(IntegrityError::LeafMismatch { index: last }),
+        _ => Ok(Walked::To(chain)),
+    }
 }
 
 /// A [`NodeStore`] that keeps nothing: a [`MerkleTree`] over it still computes its current
@@ -254,6 +264,7 @@ impl HistoryCheck {
             &self.tree,
             0..self.size,
             self.ledger_id,
+            self.chain,
             &mut |index, leaf, _| root.push(index, leaf),
             should_stop,
         )?;
@@ -331,6 +342,7 @@ impl LedgerStore {
             &self.tree,
             checkpoint.size..size,
             chain,
+            self.chain_head,
             &mut |_, _, _| {},
             &mut || false,
         )?;
@@ -351,10 +363,11 @@ impl LedgerStore {
         }))
     }
 
-    /// The whole check at once: every entry against its stored leaf, the chain from genesis
-    /// to the head, and, if an integrity checkpoint was recorded, the root recomputed from the
-    /// leaves (and the chain link, if recorded) at its size. Names the first damaged index.
-    /// Reads the whole ledger: [`LedgerStore::verify_recent`] is the start-up check.
+    /// The whole check at once: every entry against the link recorded after it, the chain
+    /// from genesis to the head, and, if an integrity checkpoint was recorded, the root
+    /// recomputed from the leaves (and the chain link, if recorded) at its size. Names the
+    /// first damaged index. Reads the whole ledger: [`LedgerStore::verify_recent`] is the
+    /// start-up check.
     pub fn verify_integrity(&self) -> Result<(), IntegrityError> {
         self.commit_for_check()?;
         let size = self.merkle.size();
@@ -367,6 +380,7 @@ impl LedgerStore {
             &self.tree,
             0..size,
             self.genesis.ledger_id,
+            self.chain_head,
             &mut |index, leaf, chain| {
                 root.push(index, leaf);
                 if index + 1 == checkpoint_size {
