@@ -131,8 +131,8 @@ impl IntegrityCheckpoint {
 
 /// How a walk ended.
 enum Walked {
-    /// Every entry in the range checked out; the chain link after the last one.
-    To(Digest),
+    /// Every entry in the range checked out, and the chain ends at the expected link.
+    Complete,
     /// The caller asked it to stop first.
     Stopped,
 }
@@ -143,8 +143,8 @@ const STOP_POLL_EVERY: u64 = 4096;
 /// Walks entries `range` of `tree` in index order (one range scan, not a point read per
 /// index): each entry must decode, carry its index and hash to the chain link recorded after
 /// it, which the next entry names as its predecessor's and `end` gives after the last one.
-/// The first entry must name `chain`, the link before the range. Each good leaf is handed to
-/// `on_leaf` with its index and the chain link after it.
+/// The first entry must name `chain`, the link before the range (an empty range: `chain` must
+/// be `end`). Each good leaf is handed to `on_leaf` with its index and the chain link after it.
 fn walk(
     tree: &sled::Tree,
     range: Range<u64>,
@@ -153,6 +153,7 @@ fn walk(
     on_leaf: &mut dyn FnMut(u64, Digest, Digest),
     should_stop: &mut dyn FnMut() -> bool,
 ) -> Result<Walked, IntegrityError> {
+    let end_index = range.end;
     let mut entries =
         tree.range(key(ENTRY, &range.start.to_be_bytes())..key(ENTRY, &range.end.to_be_bytes()));
     // The entry before this one, whose leaf the link this one names must confirm.
@@ -181,8 +182,9 @@ fn walk(
         unconfirmed = Some(index);
     }
     match unconfirmed {
-        Some(last) if chain != end => Err(IntegrityError::LeafMismatch { index: last }),
-        _ => Ok(Walked::To(chain)),
+        _ if chain == end => Ok(Walked::Complete),
+        Some(last) => Err(IntegrityError::LeafMismatch { index: last }),
+        None => Err(IntegrityError::ChainMismatch { index: end_index }),
     }
 }
 
@@ -270,13 +272,10 @@ impl HistoryCheck {
         )?;
         match walked {
             Walked::Stopped => Ok(HistoryChecked::Stopped),
-            Walked::To(chain) if chain != self.chain => {
-                Err(IntegrityError::ChainMismatch { index: self.size })
-            }
-            Walked::To(_) if root.root() != self.root => {
+            Walked::Complete if root.root() != self.root => {
                 Err(IntegrityError::RootMismatch { size: self.size })
             }
-            Walked::To(_) => Ok(HistoryChecked::Complete),
+            Walked::Complete => Ok(HistoryChecked::Complete),
         }
     }
 }
@@ -338,7 +337,7 @@ impl LedgerStore {
             },
             None => return self.verify_integrity().map(|()| None),
         };
-        let walked = walk(
+        walk(
             &self.tree,
             checkpoint.size..size,
             chain,
@@ -346,9 +345,6 @@ impl LedgerStore {
             &mut |_, _, _| {},
             &mut || false,
         )?;
-        if !matches!(walked, Walked::To(head) if head == self.chain_head) {
-            return Err(IntegrityError::ChainMismatch { index: size });
-        }
         if self.merkle.root_at(checkpoint.size).ok() != Some(checkpoint.root) {
             return Err(IntegrityError::RootMismatch {
                 size: checkpoint.size,
@@ -376,7 +372,7 @@ impl LedgerStore {
         let mut root = StreamingRoot::up_to(checkpoint_size);
         // The chain link after `checkpoint_size` entries, seen on the way.
         let mut chain_at_checkpoint = (checkpoint_size == 0).then_some(self.genesis.ledger_id);
-        let walked = walk(
+        walk(
             &self.tree,
             0..size,
             self.genesis.ledger_id,
@@ -389,9 +385,6 @@ impl LedgerStore {
             },
             &mut || false,
         )?;
-        if !matches!(walked, Walked::To(head) if head == self.chain_head) {
-            return Err(IntegrityError::ChainMismatch { index: size });
-        }
         if let Some(c) = checkpoint {
             let chain_ok = c
                 .chain
