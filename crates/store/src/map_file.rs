@@ -17,8 +17,13 @@
 //!
 //! Restarting must rebuild the in-memory index, which from the records alone means reading
 //! every record ever written (~20 per event). So [`MapFile::save_index`] (at each state
-//! snapshot and at shutdown) writes the index to `<file>.idx` with the record count it covers;
-//! [`MapFile::open`] loads it and reads only the records after it.
+//! snapshot and at shutdown) saves the index with the record count it covers, and
+//! [`MapFile::open`] loads it and reads only the records after it. A save writes either the
+//! whole index to `<file>.idx`, or only the positions changed since the last save, appended as
+//! one segment to `<file>.idx.delta`. Writing the whole index at every snapshot cost time in
+//! proportion to everything ever written (tens of MB at a million events, on every node at
+//! once); a segment costs what changed since. Segments are folded into a new whole index once
+//! they hold as many positions as it does, so an open reads at most twice the index.
 //!
 //! ## Record (128 bytes)
 //!
@@ -52,6 +57,11 @@ pub const RECORD_BYTES: usize = 128;
 const NONE: u64 = u64::MAX;
 const CHECKED: usize = 120;
 const INDEX_MAGIC: &[u8; 8] = b"WLMAPIX1";
+/// Starts each segment of `<file>.idx.delta`. A segment: magic ‖ checksum of the whole index
+/// it extends (32) ‖ records covered before it (u64 BE) ‖ records covered after it (u64 BE) ‖
+/// slot count (u64 BE) ‖ slots ‖ BLAKE3 of every preceding byte of the segment (32).
+const DELTA_MAGIC: &[u8; 8] = b"WLMAPID1";
+const DELTA_HEADER_BYTES: usize = 8 + 32 + 8 + 8 + 8;
 /// depth, prefix, record, version, prev, tag, data.
 const SLOT_BYTES: usize = 2 + 32 + 8 + 8 + 8 + 1 + 64;
 
@@ -64,8 +74,26 @@ struct Slot {
     node: Option<MapNode>,
 }
 
+/// A node position: depth and prefix.
+type Position = (u16, Digest);
+
 /// The newest version of every position written.
-type Index = HashMap<(u16, Digest), Slot>;
+type Index = HashMap<Position, Slot>;
+
+/// What the index on disk holds, so that the next save writes only what changed since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SavedIndex {
+    /// Checksum of the whole index (`<file>.idx`) the segments extend.
+    whole: [u8; 32],
+    /// Positions in the whole index.
+    whole_positions: u64,
+    /// Positions in the segments since (a position changed in two segments counts twice).
+    segment_positions: u64,
+    /// Records covered by the whole index and its segments.
+    covers: u64,
+    /// Bytes of `<file>.idx.delta` holding those segments.
+    delta_bytes: u64,
+}
 
 /// One decoded record.
 struct Record {
@@ -151,12 +179,18 @@ struct State {
     broken: Option<String>,
     /// Set by [`MapFile::retire`]: another handle owns the file now, this one never writes.
     retired: bool,
+    /// The index on disk; `None` when there is none, or its segment file may end in a torn
+    /// write (the next save then writes the whole index).
+    saved: Option<SavedIndex>,
 }
 
 struct Shared {
     path: PathBuf,
     file: File,
     state: Mutex<State>,
+    /// Held for the whole of an index save: saves run one at a time, and
+    /// [`MapFile::retire`] waits for the one in progress.
+    saving: Mutex<()>,
 }
 
 /// The completeness map's node store: an append-only record file plus an in-memory index of
@@ -164,6 +198,17 @@ struct Shared {
 #[derive(Clone)]
 pub struct MapFile {
     shared: Arc<Shared>,
+}
+
+/// What one [`MapFile::save_index`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexSave {
+    /// Nothing: no record was written since the last save.
+    Unchanged,
+    /// The whole index, with this many positions.
+    Whole(u64),
+    /// A segment with the positions changed since the last save, this many.
+    Segment(u64),
 }
 
 /// What [`MapFile::open`] found.
@@ -186,31 +231,34 @@ impl MapFile {
             .truncate(false)
             .open(path)?;
         let index_path = index_path(path);
-        // Left by a save that a crash cut short; a handle retired for this open may still be
-        // writing one (it never renames it: see `save_index`).
+        // Left by a save that a crash cut short.
         remove_temporary_indexes(&index_path)?;
-        let (newest, indexed) = match load_index(&index_path) {
-            Some((newest, records))
-                if records <= keep && file.metadata()?.len() >= records * RECORD_BYTES as u64 =>
-            {
-                (newest, records)
+        let records_in_file = file.metadata()?.len() / RECORD_BYTES as u64;
+        let (newest, saved) = match load_index(path, keep.min(records_in_file)) {
+            Some((newest, saved)) => {
+                // Drop segments that were torn or cover records about to be cut off, so the
+                // next one is appended right after the last that counts.
+                truncate_if_longer(&delta_path(path), saved.delta_bytes)?;
+                (newest, Some(saved))
             }
             // Absent, damaged, or covering records about to be cut off (which may be written
             // again differently): start from the first record.
-            _ => {
+            None => {
                 remove_if_present(&index_path)?;
-                (HashMap::new(), 0)
+                remove_if_present(&delta_path(path))?;
+                (HashMap::new(), None)
             }
         };
         let mut state = State {
             newest,
-            written: indexed,
+            written: saved.map_or(0, |s| s.covers),
             staged: Vec::new(),
             broken: None,
             retired: false,
+            saved,
         };
         let mut reader = BufReader::with_capacity(1 << 20, &file);
-        reader.seek(SeekFrom::Start(indexed * RECORD_BYTES as u64))?;
+        reader.seek(SeekFrom::Start(state.written * RECORD_BYTES as u64))?;
         let mut buf = [0u8; RECORD_BYTES];
         while state.written < keep {
             if reader.read_exact(&mut buf).is_err() {
@@ -242,6 +290,7 @@ impl MapFile {
                     path: path.to_owned(),
                     file,
                     state: Mutex::new(state),
+                    saving: Mutex::new(()),
                 }),
             },
             complete,
@@ -254,10 +303,7 @@ impl MapFile {
     }
 
     fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
-        self.shared
-            .state
-            .lock()
-            .map_err(|_| StoreError::Inconsistent("map file lock poisoned".into()))
+        locked(&self.shared.state, "map file")
     }
 
     /// Records written or staged: the count a committed state refers to.
@@ -273,8 +319,11 @@ impl MapFile {
 
     /// Drops every record, on disk and in memory (before a rebuild).
     pub fn clear(&self) -> Result<(), StoreError> {
+        let _no_save_running = self.saving()?;
         let mut state = self.state()?;
         remove_if_present(&index_path(&self.shared.path))?;
+        remove_if_present(&delta_path(&self.shared.path))?;
+        state.saved = None;
         self.shared.file.set_len(0)?;
         state.newest.clear();
         state.written = 0;
@@ -323,59 +372,143 @@ impl MapFile {
     /// naming the old records, and this handle writes nothing more. Waits for a flush or the
     /// end of an index save in progress.
     pub fn retire(&self) -> Result<(), StoreError> {
+        let _no_save_running = self.saving()?;
         self.state()?.retired = true;
         Ok(())
     }
 
-    /// Flushes and syncs the records, then writes the in-memory index to `<file>.idx`
-    /// (atomically: a temporary file, fsynced, renamed), so the next open reads only the
-    /// records after it.
+    fn saving(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
+        locked(&self.shared.saving, "map index save")
+    }
+
+    /// Flushes and syncs the records, then saves the in-memory index, so the next open reads
+    /// only the records after it: the positions changed since the last save, appended as a
+    /// segment to `<file>.idx.delta` (fsynced), or, when the segments would then hold more
+    /// positions than the whole index, the whole index to `<file>.idx` (atomically: a
+    /// temporary file, fsynced, renamed), which starts the segments afresh.
     ///
-    /// Holds the file's lock only to copy the index (tens of milliseconds at a million
-    /// events) and to rename the finished file: appends continue while it is written out, and
-    /// it can run without any lock of the caller's. Fails, leaving no index behind, on a
+    /// Holds the file's lock only to copy what it writes (every position for the whole index:
+    /// tens of milliseconds at a million events): appends continue while it is written out,
+    /// and it can run without any lock of the caller's. Fails, leaving nothing behind, on a
     /// [retired](MapFile::retire) handle.
-    pub fn save_index(&self) -> Result<(), StoreError> {
-        let (written, newest) = {
+    pub fn save_index(&self) -> Result<IndexSave, StoreError> {
+        let _one_at_a_time = self.saving()?;
+        let (written, saved, slots) = {
             let mut state = self.state()?;
-            // Staged records are in `newest` but not in the file: write them first.
+            // Staged records are in `newest` but not in the file: write them first. Fails on
+            // a retired handle, which cannot be retired during the save (see `retire`).
             self.flush_locked(&mut state)?;
-            (state.written, state.newest.clone())
+            let since = state.saved.map_or(0, |s| s.covers);
+            if state.saved.is_some_and(|s| s.covers == state.written) {
+                return Ok(IndexSave::Unchanged);
+            }
+            let changed = state.newest.values().filter(|s| s.record >= since).count() as u64;
+            let saved = state
+                .saved
+                .filter(|s| s.segment_positions + changed <= s.whole_positions);
+            let from = saved.map_or(0, |s| s.covers);
+            let slots: Vec<(Position, Slot)> = state
+                .newest
+                .iter()
+                .filter(|(_, slot)| slot.record >= from)
+                .map(|(position, slot)| (*position, *slot))
+                .collect();
+            (state.written, saved, slots)
         };
         // The index may name only records that are on disk.
         self.shared.file.sync_data()?;
+        let (result, done) = match saved {
+            Some(saved) => (
+                self.append_segment(saved, written, &slots),
+                IndexSave::Segment(slots.len() as u64),
+            ),
+            None => (
+                self.save_whole(written, &slots),
+                IndexSave::Whole(slots.len() as u64),
+            ),
+        };
+        let mut state = self.state()?;
+        // After a failed append the segment file may end in a torn segment that would hide
+        // every later one: the next save writes the whole index, which starts a new file.
+        state.saved = result.as_ref().ok().copied();
+        result.map(|_| done)
+    }
+
+    /// Writes `slots` (every position) as the whole index covering `written` records.
+    fn save_whole(
+        &self,
+        written: u64,
+        slots: &[(Position, Slot)],
+    ) -> Result<SavedIndex, StoreError> {
         let path = index_path(&self.shared.path);
         let tmp = temporary_index_path(&path);
         let mut out = HashedWriter::new(File::create(&tmp)?);
         out.write_all(INDEX_MAGIC)?;
         out.write_all(&written.to_be_bytes())?;
-        out.write_all(&(newest.len() as u64).to_be_bytes())?;
+        out.write_all(&(slots.len() as u64).to_be_bytes())?;
         let mut slot_bytes = [0u8; SLOT_BYTES];
-        for ((depth, prefix), slot) in &newest {
-            slot_bytes[0..2].copy_from_slice(&depth.to_be_bytes());
-            slot_bytes[2..34].copy_from_slice(prefix.as_bytes());
-            slot_bytes[34..42].copy_from_slice(&slot.record.to_be_bytes());
-            slot_bytes[42..50].copy_from_slice(&slot.version.to_be_bytes());
-            slot_bytes[50..58].copy_from_slice(&slot.prev.to_be_bytes());
-            slot_bytes[58..].fill(0);
-            encode_node(&slot.node, &mut slot_bytes[58..]);
+        for (position, slot) in slots {
+            encode_slot(*position, slot, &mut slot_bytes);
             out.write_all(&slot_bytes)?;
         }
         let (mut file, sum) = out.finish()?;
         file.write_all(sum.as_bytes())?;
         file.sync_all()?;
-        {
-            // The rename is the moment the index takes effect: under the lock, so a handle
-            // retired meanwhile (its file being rebuilt by another) never names its records.
-            let state = self.state()?;
-            if state.retired {
-                drop(state);
-                remove_if_present(&tmp)?;
-                return Err(retired());
-            }
-            std::fs::rename(&tmp, &path)?;
+        std::fs::rename(&tmp, &path)?;
+        // Segments name the whole index they extend, so the old ones no longer count; removed
+        // so the next segment starts the file.
+        remove_if_present(&delta_path(&self.shared.path))?;
+        crate::durable::sync_parent_dir(&path)?;
+        Ok(SavedIndex {
+            whole: *sum.as_bytes(),
+            whole_positions: slots.len() as u64,
+            segment_positions: 0,
+            covers: written,
+            delta_bytes: 0,
+        })
+    }
+
+    /// Appends `slots` (the positions changed since `saved.covers`) as a segment covering
+    /// `written` records.
+    fn append_segment(
+        &self,
+        saved: SavedIndex,
+        written: u64,
+        slots: &[(Position, Slot)],
+    ) -> Result<SavedIndex, StoreError> {
+        let mut segment = Vec::with_capacity(DELTA_HEADER_BYTES + slots.len() * SLOT_BYTES + 32);
+        segment.extend_from_slice(DELTA_MAGIC);
+        segment.extend_from_slice(&saved.whole);
+        segment.extend_from_slice(&saved.covers.to_be_bytes());
+        segment.extend_from_slice(&written.to_be_bytes());
+        segment.extend_from_slice(&(slots.len() as u64).to_be_bytes());
+        let mut slot_bytes = [0u8; SLOT_BYTES];
+        for (position, slot) in slots {
+            encode_slot(*position, slot, &mut slot_bytes);
+            segment.extend_from_slice(&slot_bytes);
         }
-        Ok(crate::durable::sync_parent_dir(&path)?)
+        let sum = blake3::hash(&segment);
+        segment.extend_from_slice(sum.as_bytes());
+        let path = delta_path(&self.shared.path);
+        let created = !path.exists();
+        // Written at the end of the segments that count, not appended: anything after them is
+        // not a segment to keep.
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.write_all_at(&segment, saved.delta_bytes)?;
+        file.sync_data()?;
+        if created {
+            crate::durable::sync_parent_dir(&path)?;
+        }
+        Ok(SavedIndex {
+            segment_positions: saved.segment_positions + slots.len() as u64,
+            covers: written,
+            delta_bytes: saved.delta_bytes + segment.len() as u64,
+            ..saved
+        })
     }
 
     fn read_record(&self, state: &State, record: u64) -> Option<Record> {
@@ -394,6 +527,12 @@ impl MapFile {
     }
 }
 
+/// `lock`, or an error naming `what` was left poisoned by a panic.
+fn locked<'a, T>(lock: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>, StoreError> {
+    lock.lock()
+        .map_err(|_| StoreError::Inconsistent(format!("{what} lock poisoned")))
+}
+
 fn retired() -> StoreError {
     StoreError::Inconsistent(
         "this map file handle was retired: an installed snapshot replaced the store".into(),
@@ -404,6 +543,28 @@ fn index_path(map_path: &Path) -> PathBuf {
     let mut name = map_path.as_os_str().to_owned();
     name.push(".idx");
     PathBuf::from(name)
+}
+
+/// Where saves append the positions changed since the whole index: `<file>.idx.delta`.
+fn delta_path(map_path: &Path) -> PathBuf {
+    let mut name = map_path.as_os_str().to_owned();
+    name.push(".idx.delta");
+    PathBuf::from(name)
+}
+
+/// Cuts the file at `path`, if there is one, to `len` bytes (a no-op when it is shorter).
+fn truncate_if_longer(path: &Path, len: u64) -> Result<(), StoreError> {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(file) => {
+            if file.metadata()?.len() > len {
+                file.set_len(len)?;
+                file.sync_data()?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Index saves begun in this process. Each save writes its own temporary file, so two handles
@@ -450,10 +611,41 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// The index saved by [`MapFile::save_index`] and the record count it covers; `None` if it is
-/// absent or does not check out (it is only a shortcut: the records are the truth).
-fn load_index(path: &Path) -> Option<(Index, u64)> {
-    let bytes = std::fs::read(path).ok()?;
+fn encode_slot(position: Position, slot: &Slot, out: &mut [u8; SLOT_BYTES]) {
+    let (depth, prefix) = position;
+    out[0..2].copy_from_slice(&depth.to_be_bytes());
+    out[2..34].copy_from_slice(prefix.as_bytes());
+    out[34..42].copy_from_slice(&slot.record.to_be_bytes());
+    out[42..50].copy_from_slice(&slot.version.to_be_bytes());
+    out[50..58].copy_from_slice(&slot.prev.to_be_bytes());
+    out[58..].fill(0);
+    encode_node(&slot.node, &mut out[58..]);
+}
+
+/// One slot, if it is well formed and names a record in `records` (a range of record numbers).
+fn decode_slot(b: &[u8], records: std::ops::Range<u64>) -> Option<(Position, Slot)> {
+    let slot = Slot {
+        record: u64_at(b, 34)?,
+        version: u64_at(b, 42)?,
+        prev: u64_at(b, 50)?,
+        node: decode_node(b.get(58..)?)?,
+    };
+    if !records.contains(&slot.record) || (slot.prev != NONE && slot.prev >= slot.record) {
+        return None;
+    }
+    let position = (
+        u16::from_be_bytes([*b.first()?, *b.get(1)?]),
+        Digest::from_slice(b.get(2..34)?)?,
+    );
+    Some((position, slot))
+}
+
+/// The index [`MapFile::save_index`] saved for the map file at `map_path`, extended by every
+/// intact segment that follows on from it and covers no more than `keep` records; `None` if
+/// the whole index is absent, does not check out, or covers more than `keep` (it is only a
+/// shortcut: the records are the truth).
+fn load_index(map_path: &Path, keep: u64) -> Option<(Index, SavedIndex)> {
+    let bytes = std::fs::read(index_path(map_path)).ok()?;
     let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
     if blake3::hash(body).as_bytes() != sum || body.get(..8)? != INDEX_MAGIC {
         return None;
@@ -461,27 +653,84 @@ fn load_index(path: &Path) -> Option<(Index, u64)> {
     let records = u64_at(body, 8)?;
     let count = usize::try_from(u64_at(body, 16)?).ok()?;
     let slots = body.get(24..)?;
-    if slots.len() != count.checked_mul(SLOT_BYTES)? {
+    if records > keep || slots.len() != count.checked_mul(SLOT_BYTES)? {
         return None;
     }
     let mut newest = HashMap::with_capacity(count);
     for b in slots.chunks_exact(SLOT_BYTES) {
-        let slot = Slot {
-            record: u64_at(b, 34)?,
-            version: u64_at(b, 42)?,
-            prev: u64_at(b, 50)?,
-            node: decode_node(&b[58..])?,
-        };
-        if slot.record >= records || (slot.prev != NONE && slot.prev >= slot.record) {
-            return None;
-        }
-        let position = (
-            u16::from_be_bytes([b[0], b[1]]),
-            Digest::from_slice(&b[2..34])?,
-        );
+        let (position, slot) = decode_slot(b, 0..records)?;
         newest.insert(position, slot);
     }
-    Some((newest, records))
+    let mut saved = SavedIndex {
+        whole: sum.try_into().ok()?,
+        whole_positions: count as u64,
+        segment_positions: 0,
+        covers: records,
+        delta_bytes: 0,
+    };
+    // Segments: each must extend this whole index from exactly where the last one ended.
+    // The first that does not (torn by a crash, or left over from an older whole index) ends
+    // the walk; the records it would have covered are read instead.
+    let deltas = std::fs::read(delta_path(map_path)).unwrap_or_default();
+    let mut rest = deltas.as_slice();
+    while let Some((segment, after)) = next_segment(rest, &saved, keep) {
+        // All of a segment or none of it: a slot that does not check out ends the walk here.
+        let Some(slots) = segment
+            .slots
+            .chunks_exact(SLOT_BYTES)
+            .map(|b| decode_slot(b, saved.covers..segment.covers))
+            .collect::<Option<Vec<_>>>()
+        else {
+            break;
+        };
+        newest.extend(slots);
+        saved.segment_positions += segment.count;
+        saved.delta_bytes += (rest.len() - after.len()) as u64;
+        saved.covers = segment.covers;
+        rest = after;
+    }
+    Some((newest, saved))
+}
+
+/// A segment's slots, as read from `<file>.idx.delta`.
+struct Segment<'a> {
+    covers: u64,
+    count: u64,
+    slots: &'a [u8],
+}
+
+/// The segment at the start of `bytes` and what follows it, if it is intact, extends `saved`
+/// and covers no more than `keep` records.
+fn next_segment<'a>(
+    bytes: &'a [u8],
+    saved: &SavedIndex,
+    keep: u64,
+) -> Option<(Segment<'a>, &'a [u8])> {
+    let header = bytes.get(..DELTA_HEADER_BYTES)?;
+    let count = u64_at(header, 56)?;
+    let slots_len = usize::try_from(count).ok()?.checked_mul(SLOT_BYTES)?;
+    let body_len = DELTA_HEADER_BYTES.checked_add(slots_len)?;
+    let (body, after) = bytes.split_at_checked(body_len)?;
+    let (sum, after) = after.split_at_checked(32)?;
+    let covers = u64_at(header, 48)?;
+    let intact = header.get(..8)? == DELTA_MAGIC
+        && header.get(8..40)? == saved.whole
+        && u64_at(header, 40)? == saved.covers
+        && covers > saved.covers
+        && covers <= keep
+        && blake3::hash(body).as_bytes() == sum;
+    if !intact {
+        return None;
+    }
+    let slots = body.get(DELTA_HEADER_BYTES..)?;
+    Some((
+        Segment {
+            covers,
+            count,
+            slots,
+        },
+        after,
+    ))
 }
 
 impl MapNodeStore for MapFile {
@@ -582,7 +831,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn histories_match_the_in_memory_store(writes in writes(), flush_every in 1usize..10) {
+        /// Index saves (whole or segments) at any point, before and after a reopen, change
+        /// nothing that is read.
+        fn histories_match_the_in_memory_store(
+            writes in writes(),
+            flush_every in 1usize..10,
+            save_every in 1usize..40,
+            reopen_at in 0usize..120,
+        ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("map");
             let mut file = MapFile::open(&path, 0).unwrap().file;
@@ -596,6 +852,17 @@ mod tests {
                 reference.put(u16::from(*position), &prefix, version, value);
                 if i % flush_every == 0 {
                     file.flush().unwrap();
+                }
+                if i % save_every == save_every - 1 {
+                    file.save_index().unwrap();
+                }
+                if i == reopen_at {
+                    file.flush().unwrap();
+                    let records = file.records().unwrap();
+                    drop(file);
+                    let reopened = MapFile::open(&path, records).unwrap();
+                    prop_assert!(reopened.complete);
+                    file = reopened.file;
                 }
             }
             // Staged and written records alike.
@@ -668,6 +935,170 @@ mod tests {
         let opened = MapFile::open(&path, 30).unwrap();
         assert!(opened.complete);
         assert_eq!(opened.file.records().unwrap(), 30);
+    }
+
+    /// Writes position `position` at `version` to the file and the reference alike.
+    fn write_at(file: &mut MapFile, reference: &mut MemMapStore, position: u16, version: u64) {
+        let value = node((version % 3) as u8, version);
+        file.put(position, &d(u64::from(position)), version, value);
+        reference.put(position, &d(u64::from(position)), version, value);
+    }
+
+    /// The index as `open` found it (or the last save left it).
+    fn saved(file: &MapFile) -> Option<SavedIndex> {
+        file.state().unwrap().saved
+    }
+
+    #[test]
+    fn saves_append_what_changed_until_it_outgrows_the_whole_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let mut file = MapFile::open(&path, 0).unwrap().file;
+        let mut reference = MemMapStore::new();
+        let mut version = 0u64;
+        // Each round writes `n` of 50 positions (all different up to 50), a version each.
+        let mut round = |file: &mut MapFile, reference: &mut MemMapStore, n: u64| {
+            for _ in 0..n {
+                version += 1;
+                write_at(file, reference, ((version * 7) % 50) as u16, version);
+            }
+            version
+        };
+        round(&mut file, &mut reference, 200);
+        file.save_index().unwrap();
+        let whole = saved(&file).unwrap();
+        assert_eq!((whole.whole_positions, whole.segment_positions), (50, 0));
+        let whole_bytes = std::fs::read(index_path(&path)).unwrap();
+
+        // Ten changed positions: a segment of ten, the whole index untouched.
+        round(&mut file, &mut reference, 10);
+        file.save_index().unwrap();
+        let first = saved(&file).unwrap();
+        assert_eq!((first.whole, first.segment_positions), (whole.whole, 10));
+        assert_eq!(std::fs::read(index_path(&path)).unwrap(), whole_bytes);
+        assert_eq!(
+            std::fs::metadata(delta_path(&path)).unwrap().len(),
+            first.delta_bytes
+        );
+        // Nothing written since: nothing saved.
+        file.save_index().unwrap();
+        assert_eq!(saved(&file), Some(first));
+
+        round(&mut file, &mut reference, 15);
+        file.save_index().unwrap();
+        let second = saved(&file).unwrap();
+        assert_eq!(second.segment_positions, 25);
+        let records = file.records().unwrap();
+        assert_eq!(second.covers, records);
+        let old_segments = std::fs::read(delta_path(&path)).unwrap();
+        drop(file);
+
+        // The open uses the whole index and both segments: damage a record the second segment
+        // covers, and the file still opens complete, reading no record.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let covered = usize::try_from(first.covers).unwrap() + 3;
+        bytes[RECORD_BYTES * covered + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let opened = MapFile::open(&path, records).unwrap();
+        assert!(opened.complete);
+        assert_eq!(saved(&opened.file), Some(second));
+        drop(opened);
+        bytes[RECORD_BYTES * covered + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut file = MapFile::open(&path, records).unwrap().file;
+        assert_same_positions(&file, &reference, 50, 226);
+
+        // Once the segments would hold more positions than the whole index, the save writes a
+        // whole index again and starts the segments afresh.
+        let version = round(&mut file, &mut reference, 30);
+        file.save_index().unwrap();
+        let again = saved(&file).unwrap();
+        assert_ne!(again.whole, whole.whole);
+        assert_eq!((again.segment_positions, again.delta_bytes), (0, 0));
+        assert!(!delta_path(&path).exists());
+        let records = file.records().unwrap();
+        drop(file);
+        let opened = MapFile::open(&path, records).unwrap();
+        assert!(opened.complete);
+        assert_eq!(saved(&opened.file), Some(again));
+        assert_same_positions(&opened.file, &reference, 50, version + 1);
+        drop(opened);
+
+        // A crash between the new whole index and removing the old segments: they name the
+        // old whole index, so the open ignores them and clears them away.
+        std::fs::write(delta_path(&path), &old_segments).unwrap();
+        let opened = MapFile::open(&path, records).unwrap();
+        assert!(opened.complete);
+        assert_eq!(saved(&opened.file), Some(again));
+        assert_eq!(std::fs::metadata(delta_path(&path)).unwrap().len(), 0);
+        assert_same_positions(&opened.file, &reference, 50, version + 1);
+    }
+
+    #[test]
+    fn a_torn_or_cut_off_segment_is_dropped_and_the_next_appended_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        let mut file = MapFile::open(&path, 0).unwrap().file;
+        let mut reference = MemMapStore::new();
+        let mut version = 0u64;
+        let mut write = |file: &mut MapFile, reference: &mut MemMapStore, n: u64| {
+            for _ in 0..n {
+                version += 1;
+                write_at(file, reference, (version % 40) as u16, version);
+            }
+        };
+        write(&mut file, &mut reference, 80);
+        file.save_index().unwrap();
+        write(&mut file, &mut reference, 5);
+        file.save_index().unwrap();
+        let first = saved(&file).unwrap();
+        write(&mut file, &mut reference, 5);
+        file.save_index().unwrap();
+        let records = file.records().unwrap();
+        drop(file);
+
+        // A segment that names another whole index (intact otherwise) is not used.
+        let delta = delta_path(&path);
+        let intact = std::fs::read(&delta).unwrap();
+        let mut other = intact.clone();
+        other[8] ^= 1;
+        let body = DELTA_HEADER_BYTES + 5 * SLOT_BYTES;
+        let sum = blake3::hash(&other[..body]);
+        other[body..body + 32].copy_from_slice(sum.as_bytes());
+        std::fs::write(&delta, &other).unwrap();
+        let opened = MapFile::open(&path, records).unwrap();
+        assert!(opened.complete);
+        assert_eq!(saved(&opened.file).unwrap().segment_positions, 0);
+        assert_same_positions(&opened.file, &reference, 40, 100);
+        drop(opened);
+        std::fs::write(&delta, &intact).unwrap();
+
+        // A crash tore the second segment: the open keeps the first, reads the records after
+        // it, and cuts the segment file back so the next save follows the first.
+        let len = std::fs::metadata(&delta).unwrap().len();
+        truncate_if_longer(&delta, len - 7).unwrap();
+        let mut file = MapFile::open(&path, records).unwrap().file;
+        assert_eq!(saved(&file), Some(first));
+        assert_eq!(std::fs::metadata(&delta).unwrap().len(), first.delta_bytes);
+        assert_same_positions(&file, &reference, 40, 100);
+        write(&mut file, &mut reference, 5);
+        file.save_index().unwrap();
+        let next = saved(&file).unwrap();
+        assert_eq!(next.segment_positions, first.segment_positions + 10);
+        let records = file.records().unwrap();
+        drop(file);
+        let opened = MapFile::open(&path, records).unwrap();
+        assert_eq!(saved(&opened.file), Some(next));
+        assert_same_positions(&opened.file, &reference, 40, 100);
+        drop(opened);
+
+        // Keeping fewer records than the last segment covers drops that segment (those
+        // records are cut off) but keeps the whole index and the first.
+        let opened = MapFile::open(&path, first.covers + 2).unwrap();
+        assert!(opened.complete);
+        assert_eq!(saved(&opened.file), Some(first));
+        assert_eq!(std::fs::metadata(&delta).unwrap().len(), first.delta_bytes);
+        assert_eq!(opened.file.records().unwrap(), first.covers + 2);
     }
 
     /// An install reopens the file under a new handle and rebuilds it while a snapshot build

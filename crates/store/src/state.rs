@@ -1138,7 +1138,7 @@ impl LedgerStore {
 
     /// Saves the map file's in-memory index beside it, so the next open reads only the map
     /// records written after now. Call at quiet points: snapshots, shutdown.
-    pub fn save_map_index(&self) -> Result<(), StoreError> {
+    pub fn save_map_index(&self) -> Result<crate::map_file::IndexSave, StoreError> {
         self.commit()?;
         self.map.store().save_index()
     }
