@@ -12,7 +12,9 @@ use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0};
 use wasteledger_server::LedgerServiceClient;
 use wasteledger_tests::cluster::Cluster;
 
-use crate::stats::{RunReport, Sample, ThreadCpu, cpu_seconds, dir_bytes, summarise};
+use crate::stats::{
+    RunReport, Sample, Series, ThreadCpu, cpu_seconds, dir_bytes, summarise, value_at,
+};
 
 /// Events in one lifecycle ([`ManifestFlow::road_lifecycle`]).
 pub(crate) const EVENTS_PER_LIFECYCLE: usize = 5;
@@ -290,12 +292,25 @@ pub(crate) async fn run(
         let sampler = tokio::spawn(sample_checkpoint_lag(target.api.clone(), lags.clone()));
         let pids: Vec<Option<u32>> = (1..=3).map(|id| cluster.pid(id)).collect();
         let threads_seen = Arc::new(Mutex::new(threads_before.clone()));
+        let cpu_series = Arc::new(Mutex::new(Series::new()));
+        let cpu_sampler = tokio::spawn(sample_cpu(pids.clone(), cpu_series.clone()));
         let thread_sampler = tokio::spawn(sample_threads(pids, threads_seen.clone()));
         let (started, samples, retries) =
             drive(&target, clients, opts.batch, work, opts.duration).await?;
         sampler.abort();
         thread_sampler.abort();
+        cpu_sampler.abort();
         let mut report = summarise("wasteledger", clients, started, samples, opts.window);
+        if let Ok(series) = cpu_series.lock() {
+            report.window_cpu_ms_per_op = report
+                .window_bounds
+                .iter()
+                .filter_map(|(from, to)| {
+                    let spent = value_at(&series, *to)? - value_at(&series, *from)?;
+                    Some(spent * 1e3 / opts.window as f64)
+                })
+                .collect();
+        }
         report.retries = retries;
         report.checkpoint_lag = lags.lock().ok().and_then(|mut l| {
             l.sort_unstable();
@@ -474,6 +489,19 @@ async fn sample_checkpoint_lag(api: String, lags: Arc<Mutex<Vec<u64>>>) {
 
 /// Reads the nodes' threads once a second into `seen` (merged: see [`ThreadCpu::merge`]), so
 /// the CPU of threads that exit during a long run is still attributed.
+/// Every 250 ms, the CPU seconds the servers have used together, for CPU per window: fine
+/// enough against windows of tens of seconds, and one `/proc/PID/stat` read per node.
+async fn sample_cpu(pids: Vec<Option<u32>>, series: Arc<Mutex<Series>>) {
+    loop {
+        let total: f64 = pids.iter().flatten().filter_map(|p| cpu_seconds(*p)).sum();
+        match series.lock() {
+            Ok(mut series) => series.push((Instant::now(), total)),
+            Err(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn sample_threads(pids: Vec<Option<u32>>, seen: Arc<Mutex<Vec<Option<ThreadCpu>>>>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -136,6 +136,14 @@ fn print_table(reports: &[stats::RunReport]) {
                 let w: Vec<String> = r.windows.iter().map(|w| format!("{w:.0}")).collect();
                 println!("  ops/s per window: {}", w.join(", "));
             }
+            if !r.window_cpu_ms_per_op.is_empty() {
+                let w: Vec<String> = r
+                    .window_cpu_ms_per_op
+                    .iter()
+                    .map(|c| format!("{c:.3}"))
+                    .collect();
+                println!("  cluster CPU ms/op per window: {}", w.join(", "));
+            }
         }
     }
 }

@@ -37,6 +37,13 @@ pub(crate) struct RunReport {
     pub(crate) max_ms: f64,
     /// Throughput of each consecutive window of `window` operations (completion order).
     pub(crate) windows: Vec<f64>,
+    /// When each window began and ended (the previous window's last completion, or the start,
+    /// to its own last completion).
+    #[serde(skip)]
+    pub(crate) window_bounds: Vec<(Instant, Instant)>,
+    /// CPU milliseconds the three servers together spent per operation in each window
+    /// (WasteLedger only): whether a window is slower because each operation costs more.
+    pub(crate) window_cpu_ms_per_op: Vec<f64>,
     /// CPU seconds per server process during the run (node order).
     pub(crate) cpu_seconds: Vec<f64>,
     /// Per server process (node order), where its CPU went during the run: seconds by thread
@@ -69,6 +76,7 @@ pub(crate) fn summarise(
         .map(|s| s.done.duration_since(started).as_secs_f64())
         .unwrap_or(0.0);
     let mut windows = Vec::new();
+    let mut window_bounds = Vec::new();
     if window > 0 {
         let mut from = started;
         for chunk in samples.chunks(window) {
@@ -78,6 +86,7 @@ pub(crate) fn summarise(
             if let Some(last) = chunk.last() {
                 let secs = last.done.duration_since(from).as_secs_f64();
                 windows.push(chunk.len() as f64 / secs.max(1e-9));
+                window_bounds.push((from, last.done));
                 from = last.done;
             }
         }
@@ -102,6 +111,8 @@ pub(crate) fn summarise(
         p99_ms: pct(0.99),
         max_ms: latencies.last().copied().map(ms).unwrap_or(0.0),
         windows,
+        window_bounds,
+        window_cpu_ms_per_op: Vec::new(),
         cpu_seconds: Vec::new(),
         cpu_by_thread: Vec::new(),
         bytes_per_op: Vec::new(),
@@ -114,6 +125,24 @@ pub(crate) fn summarise(
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&stat).map(|(_, seconds)| seconds)
+}
+
+/// A running total sampled over time: (when, value), in time order.
+pub(crate) type Series = Vec<(Instant, f64)>;
+
+/// The value of `series` at `at`, interpolated linearly between the samples around it (the
+/// first or last sample outside their span); `None` for an empty series.
+pub(crate) fn value_at(series: &[(Instant, f64)], at: Instant) -> Option<f64> {
+    let after = series.partition_point(|(t, _)| *t <= at);
+    let (t1, v1) = *series.get(after).or(series.last())?;
+    let Some(&(t0, v0)) = after.checked_sub(1).and_then(|i| series.get(i)) else {
+        return Some(v1);
+    };
+    if t1 <= t0 {
+        return Some(v0);
+    }
+    let part = at.duration_since(t0).as_secs_f64() / t1.duration_since(t0).as_secs_f64();
+    Some(v0 + (v1 - v0) * part.min(1.0))
 }
 
 /// The command name and CPU seconds (user + system) of a `/proc/.../stat` line.
@@ -247,6 +276,28 @@ mod tests {
         assert_eq!(r.windows.len(), 2);
         assert!((r.windows[0] - 100.0).abs() < 1e-6);
         assert!((r.windows[1] - 100.0).abs() < 1e-6);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            r.window_bounds,
+            vec![
+                (start, start + ms(500)),
+                (start + ms(500), start + ms(1000))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_series_is_read_between_its_samples() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        assert_eq!(value_at(&[], t), None);
+        let series = [(at(100), 1.0), (at(200), 3.0), (at(400), 4.0)];
+        assert_eq!(value_at(&series, at(150)), Some(2.0));
+        assert_eq!(value_at(&series, at(200)), Some(3.0));
+        assert_eq!(value_at(&series, at(300)), Some(3.5));
+        // Outside the samples: the nearest one.
+        assert_eq!(value_at(&series, at(50)), Some(1.0));
+        assert_eq!(value_at(&series, at(900)), Some(4.0));
     }
 
     #[test]
