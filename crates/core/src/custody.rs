@@ -61,6 +61,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// One status of each kind (`InTransit` at leg 0), for code that enumerates them.
+    pub const KINDS: [Status; 8] = [
+        Status::Created,
+        Status::InTransit { leg: 0 },
+        Status::Delivered,
+        Status::Received,
+        Status::Rejected,
+        Status::Returned,
+        Status::Treated,
+        Status::Cancelled,
+    ];
+
     /// No further custody event may follow (corrections still may, except after cancellation).
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -1258,3 +1258,20 @@ fn rotated_and_revoked_keys_stop_signing() {
     assert!(crate::registry::PartyRecord::from_pb(&corrupt).is_err());
     assert!(record.keys.iter().all(|k| !k.active_at(accepted_at)));
 }
+
+#[test]
+fn status_kinds_hold_one_status_of_every_kind() {
+    // Exhaustive: a new status fails to compile here until it is placed, and in `KINDS`.
+    let place = |s: Status| match s {
+        Status::Created => 0,
+        Status::InTransit { .. } => 1,
+        Status::Delivered => 2,
+        Status::Received => 3,
+        Status::Rejected => 4,
+        Status::Returned => 5,
+        Status::Treated => 6,
+        Status::Cancelled => 7,
+    };
+    let places: Vec<usize> = Status::KINDS.iter().map(|s| place(*s)).collect();
+    assert_eq!(places, (0..8).collect::<Vec<_>>());
+}

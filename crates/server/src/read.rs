@@ -2,12 +2,12 @@
 //! ledger events as the API returns them, and the read-consistency choice every read offers.
 
 use tonic::Status;
-use wasteledger_core::custody::kind_name;
+use wasteledger_core::custody::{Status as CustodyStatus, kind_name};
 use wasteledger_core::entry::{LedgerEntry, leaf_hash};
 use wasteledger_core::envelope::{Subject, decode_event, event_hash};
 use wasteledger_core::pb;
 use wasteledger_core::tracking::Tracking;
-use wasteledger_store::state::LedgerStore;
+use wasteledger_store::state::{self, LedgerStore};
 
 use crate::{LedgerApi, internal, status};
 
@@ -275,8 +275,12 @@ impl ManifestFilter {
         if let (Some(code), Some(system)) = (&self.waste_code, self.code_system) {
             return Some((b'c', format!("{}:{code}", system as i32)));
         }
-        if let [only] = self.statuses.as_slice() {
-            return Some((b's', status_index_name(*only).to_owned()));
+        // One status, or several open ones: they share one status index value.
+        let mut values = self.statuses.iter().map(|s| status_index_value(*s));
+        if let Some(Some(first)) = values.next()
+            && values.all(|v| v == Some(first))
+        {
+            return Some((b's', first.to_owned()));
         }
         None
     }
@@ -346,19 +350,20 @@ impl ManifestFilter {
     }
 }
 
-/// The status name the store's status index uses (`custody::Status::name`).
-fn status_index_name(s: pb::ManifestStatus) -> &'static str {
-    match s {
-        pb::ManifestStatus::Unspecified => "",
-        pb::ManifestStatus::Created => "created",
-        pb::ManifestStatus::InTransit => "in_transit",
-        pb::ManifestStatus::Delivered => "delivered",
-        pb::ManifestStatus::Received => "received",
-        pb::ManifestStatus::Rejected => "rejected",
-        pb::ManifestStatus::Returned => "returned",
-        pb::ManifestStatus::Treated => "treated",
-        pb::ManifestStatus::Cancelled => "cancelled",
-    }
+/// The store's status index value for `s` ([`state::status_index_value`]).
+fn status_index_value(s: pb::ManifestStatus) -> Option<&'static str> {
+    let status = match s {
+        pb::ManifestStatus::Unspecified => return None,
+        pb::ManifestStatus::Created => CustodyStatus::Created,
+        pb::ManifestStatus::InTransit => CustodyStatus::InTransit { leg: 0 },
+        pb::ManifestStatus::Delivered => CustodyStatus::Delivered,
+        pb::ManifestStatus::Received => CustodyStatus::Received,
+        pb::ManifestStatus::Rejected => CustodyStatus::Rejected,
+        pb::ManifestStatus::Returned => CustodyStatus::Returned,
+        pb::ManifestStatus::Treated => CustodyStatus::Treated,
+        pb::ManifestStatus::Cancelled => CustodyStatus::Cancelled,
+    };
+    Some(state::status_index_value(status))
 }
 
 /// Records examined per store read while filling a page.
@@ -585,8 +590,20 @@ mod tests {
                 statuses: vec![pb::ManifestStatus::InTransit as i32],
                 ..Default::default()
             }),
-            Some((b's', "in_transit".into()))
+            Some((b's', state::OPEN_STATUSES.into()))
         );
+        // Open statuses share one value; a terminal one has its own.
+        let statuses = |s: &[pb::ManifestStatus]| pb::ListManifestsRequest {
+            statuses: s.iter().map(|s| *s as i32).collect(),
+            ..Default::default()
+        };
+        use pb::ManifestStatus::{Created, Delivered, Treated};
+        assert_eq!(
+            f(statuses(&[Created, Delivered])),
+            Some((b's', state::OPEN_STATUSES.into()))
+        );
+        assert_eq!(f(statuses(&[Treated])), Some((b's', "treated".into())));
+        assert_eq!(f(statuses(&[Created, Treated])), None);
         assert_eq!(f(pb::ListManifestsRequest::default()), None);
     }
 }

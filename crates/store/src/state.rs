@@ -19,7 +19,7 @@
 //! | `P` | registry id | `pb::PartyState` |
 //! | `K` | key id | registry id of the owner |
 //! | `H` | event hash | index (u64 BE) |
-//! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | secondary indexes: empty (status), or the index (u64 BE) of the entry that wrote it (party, waste code) |
+//! | `X` | index kind ‖ value ‖ 0x00 ‖ tracking number | secondary indexes: empty (status: see [`status_index_value`]), or the index (u64 BE) of the entry that wrote it (party, waste code) |
 //! | `S` | name | node state: chain head, last ledger time, integrity checkpoint, map file state |
 //! | `C` | size (u64 BE) ‖ witness name | key hint ‖ signature of the checkpoint at that size |
 //! | `U` | caller key | caller metadata (Raft last-applied, membership, rejections) |
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use wasteledger_core::checkpoint::{Checkpoint, NoteSignature, SignedCheckpoint};
-use wasteledger_core::custody::ManifestState;
+use wasteledger_core::custody::{ManifestState, Status};
 use wasteledger_core::entry::{LedgerEntry, chain_link, leaf_hash};
 use wasteledger_core::envelope::{Subject, decode_event};
 use wasteledger_core::genesis::Genesis;
@@ -85,10 +85,29 @@ const STATUS_INDEX: u8 = b's';
 const PARTY_INDEX: u8 = b'p';
 const CODE_INDEX: u8 = b'c';
 
+/// The status index value shared by every manifest still in custody.
+pub const OPEN_STATUSES: &str = "open";
+
+/// The value a manifest with `status` has in the status index (`X` `s` value ‖ 0 ‖ tracking):
+/// the status name once it is terminal, [`OPEN_STATUSES`] before. A lifecycle passes through
+/// four open statuses, and a record per status name was a remove and an insert on every event
+/// of a manifest; now its record moves once, when it ends. A query for one open status scans
+/// the manifests in custody and checks each one's status, which the query does anyway.
+pub fn status_index_value(status: Status) -> &'static str {
+    if status.is_terminal() {
+        status.name()
+    } else {
+        OPEN_STATUSES
+    }
+}
+
 const CHAIN_HEAD: &[u8] = b"chain_head";
 /// Present once every manifest state is stored apart from its manifest (see
 /// [`split_manifest_bodies`]).
 const BODIES_SPLIT: &[u8] = b"manifest_bodies_split";
+/// Present once the status index holds one [`OPEN_STATUSES`] record per manifest in custody,
+/// not one per open status name (see [`merge_open_statuses`]).
+const OPEN_STATUSES_MERGED: &[u8] = b"open_statuses_merged";
 const LAST_SEQUENCED: &[u8] = b"last_sequenced_at";
 const INTEGRITY: &[u8] = b"integrity_checkpoint";
 const PUBLISHED: &[u8] = b"published_checkpoint";
@@ -433,6 +452,47 @@ fn split_manifest_bodies(tree: &sled::Tree) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Stores written before [`status_index_value`] hold a status record under each open status's
+/// own name: moves them under [`OPEN_STATUSES`], in batches like [`split_manifest_bodies`]
+/// (idempotent, the marker written last, one point read once done).
+fn merge_open_statuses(tree: &sled::Tree) -> Result<(), StoreError> {
+    if tree.get(key(STATE, OPEN_STATUSES_MERGED))?.is_some() {
+        return Ok(());
+    }
+    let (mut moved, mut batch, mut in_batch) = (0u64, sled::Batch::default(), 0usize);
+    let open_names = Status::KINDS
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| s.name());
+    for name in open_names {
+        let prefix = index_key(STATUS_INDEX, name, "");
+        for item in tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let tracking = k
+                .strip_prefix(prefix.as_slice())
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .ok_or(StoreError::Corrupt("status index key"))?;
+            batch.insert(index_key(STATUS_INDEX, OPEN_STATUSES, tracking), Vec::new());
+            batch.remove(k);
+            moved += 1;
+            in_batch += 1;
+            if in_batch == SPLIT_BATCH {
+                crate::durable::apply_sled_batch(tree, std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+    }
+    batch.insert(key(STATE, OPEN_STATUSES_MERGED), Vec::new());
+    crate::durable::apply_sled_batch(tree, batch)?;
+    if moved > 0 {
+        tracing::info!(
+            manifests = moved,
+            "status index: manifests in custody now share one status record value"
+        );
+    }
+    Ok(())
+}
+
 impl LedgerStore {
     /// Opens (or creates) the ledger state in `tree` for `genesis`.
     pub fn open(
@@ -442,6 +502,7 @@ impl LedgerStore {
     ) -> Result<LedgerStore, StoreError> {
         let overlay: Overlay = Arc::default();
         split_manifest_bodies(&tree)?;
+        merge_open_statuses(&tree)?;
         let size = match tree.scan_prefix([ENTRY]).next_back() {
             Some(last) => read_u64(&last?.0[1..], "entry key")? + 1,
             None => 0,
@@ -696,15 +757,12 @@ impl LedgerStore {
                     m.to_pb_without_manifest().encode_to_vec(),
                 );
                 self.cache_manifest(&tracking, m);
-                let old_status = before.map(|b| b.status);
-                if old_status != Some(m.status.name()) {
+                let (old_status, status) = (before.map(|b| b.status), status_index_value(m.status));
+                if old_status != Some(status) {
                     if let Some(previous) = old_status {
                         self.unstage(index_key(STATUS_INDEX, previous, &tracking));
                     }
-                    self.stage(
-                        index_key(STATUS_INDEX, m.status.name(), &tracking),
-                        Vec::new(),
-                    );
+                    self.stage(index_key(STATUS_INDEX, status, &tracking), Vec::new());
                 }
                 // Party and waste-code records are never changed or removed once written, so
                 // they are settled history, which a snapshot reads by the index of the entry
@@ -756,7 +814,7 @@ impl LedgerStore {
     /// put it in the cache).
     fn manifest_before(&self, tracking: &Tracking) -> Option<StoredManifest> {
         self.inspect_manifest(tracking, |state| StoredManifest {
-            status: state.status.name(),
+            status: status_index_value(state.status),
             corrections_applied: state.corrections_applied,
         })
     }
@@ -931,8 +989,8 @@ impl LedgerStore {
     }
 
     /// Tracking numbers indexed under `kind` (`b'p'` party, `b'c'` waste code
-    /// `"<system number>:<code>"`, `b's'` status name) and `value`, in tracking-number order,
-    /// starting after `after` (a cursor), at most `limit`.
+    /// `"<system number>:<code>"`, `b's'` [`status_index_value`]) and `value`, in
+    /// tracking-number order, starting after `after` (a cursor), at most `limit`.
     pub fn index_scan(
         &self,
         kind: u8,
@@ -1222,6 +1280,7 @@ pub(crate) fn import_records(
 /// A manifest's state before an event, as far as its index records depend on it.
 #[derive(Clone, Copy)]
 struct StoredManifest {
+    /// Its [`status_index_value`].
     status: &'static str,
     corrections_applied: u32,
 }

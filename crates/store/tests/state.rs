@@ -12,7 +12,9 @@ use wasteledger_core::pb::{self, event_body::Kind};
 use wasteledger_core::proof::{build_custody_proof, verify_custody_proof};
 use wasteledger_core::sample::{HOUR, ManifestFlow, SampleNetwork, T0, ids};
 use wasteledger_store::DurableDb;
-use wasteledger_store::state::{FIRST_STORED_LEVEL, HistoryChecked, IntegrityError, LedgerStore};
+use wasteledger_store::state::{
+    FIRST_STORED_LEVEL, HistoryChecked, IntegrityError, LedgerStore, OPEN_STATUSES,
+};
 
 /// Signed events of a full multimodal lifecycle plus a rejected duplicate, with ledger times.
 fn events(net: &SampleNetwork) -> Vec<(pb::SignedEvent, i64)> {
@@ -156,7 +158,7 @@ fn sled_state_matches_the_reference_ledger() {
     );
     assert!(
         store
-            .index_scan(b's', "received", None, 10)
+            .index_scan(b's', OPEN_STATUSES, None, 10)
             .unwrap()
             .is_empty(),
         "old status index removed"
@@ -1014,4 +1016,69 @@ fn a_store_that_kept_manifests_inside_their_states_is_converted_at_open() {
         pb::ManifestStatus::Treated as i32
     );
     assert_eq!(store.chain_head(), reference.chain_head());
+}
+
+/// A store written before the open statuses shared one index value holds a record under each
+/// open status's own name: opening it moves those records, once, and leaves terminal ones.
+#[test]
+fn an_older_status_index_is_merged_at_open() {
+    let net = SampleNetwork::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (db_path, map_path) = (dir.path().join("db"), dir.path().join("ledger.map"));
+    let (first, second) = ("cn:20261502000001", "cn:20261502000002");
+    let status_key = |value: &str, tracking: &str| {
+        let mut k = vec![b'X', b's'];
+        k.extend_from_slice(value.as_bytes());
+        k.push(0);
+        k.extend_from_slice(tracking.as_bytes());
+        k
+    };
+    let marker = b"Sopen_statuses_merged".to_vec();
+    {
+        let (db, mut store) = open_store(&db_path, &map_path, &net);
+        let mut all = events(&net);
+        let last_time = all.last().map(|(_, t)| *t).unwrap();
+        all.push(second_manifest_created(&net, last_time + HOUR));
+        for (event, time) in &all {
+            let _ = store.apply(event, *time, &[]).unwrap();
+        }
+        store.commit().unwrap();
+        assert_eq!(
+            store.index_scan(b's', OPEN_STATUSES, None, 10).unwrap(),
+            vec![second]
+        );
+        // Back to the older layout: the created manifest under its status's own name.
+        let tree = db.raw_tree("ledger").unwrap();
+        assert!(
+            tree.remove(status_key(OPEN_STATUSES, second))
+                .unwrap()
+                .is_some()
+        );
+        tree.insert(status_key("created", second), Vec::<u8>::new())
+            .unwrap();
+        assert!(tree.remove(&marker).unwrap().is_some());
+        db.sync().unwrap();
+    }
+    let (db, store) = open_store(&db_path, &map_path, &net);
+    assert_eq!(
+        store.index_scan(b's', OPEN_STATUSES, None, 10).unwrap(),
+        vec![second]
+    );
+    assert!(
+        store
+            .index_scan(b's', "created", None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.index_scan(b's', "treated", None, 10).unwrap(),
+        vec![first]
+    );
+    assert!(
+        db.raw_tree("ledger")
+            .unwrap()
+            .get(&marker)
+            .unwrap()
+            .is_some()
+    );
 }
