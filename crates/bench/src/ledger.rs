@@ -487,8 +487,6 @@ async fn sample_checkpoint_lag(api: String, lags: Arc<Mutex<Vec<u64>>>) {
     }
 }
 
-/// Reads the nodes' threads once a second into `seen` (merged: see [`ThreadCpu::merge`]), so
-/// the CPU of threads that exit during a long run is still attributed.
 /// Every 250 ms, the CPU seconds the servers have used together, for CPU per window: fine
 /// enough against windows of tens of seconds, and one `/proc/PID/stat` read per node.
 async fn sample_cpu(pids: Vec<Option<u32>>, series: Arc<Mutex<Series>>) {
@@ -502,6 +500,8 @@ async fn sample_cpu(pids: Vec<Option<u32>>, series: Arc<Mutex<Series>>) {
     }
 }
 
+/// Reads the nodes' threads once a second into `seen` (merged: see [`ThreadCpu::merge`]), so
+/// the CPU of threads that exit during a long run is still attributed.
 async fn sample_threads(pids: Vec<Option<u32>>, seen: Arc<Mutex<Vec<Option<ThreadCpu>>>>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
