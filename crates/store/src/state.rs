@@ -419,7 +419,7 @@ fn split_manifest_bodies(tree: &sled::Tree) -> Result<(), StoreError> {
     if tree.get(key(STATE, BODIES_SPLIT))?.is_some() {
         return Ok(());
     }
-    let (mut converted, mut batch, mut in_batch) = (0u64, sled::Batch::default(), 0usize);
+    let mut batches = Batches::new(tree, SPLIT_BATCH);
     for item in tree.scan_prefix([MANIFEST]) {
         let (k, v) = item?;
         let mut state = pb::ManifestState::decode(v.as_ref())
@@ -432,17 +432,12 @@ fn split_manifest_bodies(tree: &sled::Tree) -> Result<(), StoreError> {
         let written_by = state.events.last().map_or(0, |e| e.index);
         let mut body = written_by.to_be_bytes().to_vec();
         body.extend_from_slice(&manifest.encode_to_vec());
-        batch.insert(body_key(tracking, state.corrections_applied), body);
-        batch.insert(k, state.encode_to_vec());
-        converted += 1;
-        in_batch += 1;
-        if in_batch == SPLIT_BATCH {
-            crate::durable::apply_sled_batch(tree, std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
+        batches.record([
+            (body_key(tracking, state.corrections_applied), Some(body)),
+            (k.to_vec(), Some(state.encode_to_vec())),
+        ])?;
     }
-    batch.insert(key(STATE, BODIES_SPLIT), Vec::new());
-    crate::durable::apply_sled_batch(tree, batch)?;
+    let converted = batches.finish([(key(STATE, BODIES_SPLIT), Some(Vec::new()))])?;
     if converted > 0 {
         tracing::info!(
             manifests = converted,
@@ -459,7 +454,7 @@ fn merge_open_statuses(tree: &sled::Tree) -> Result<(), StoreError> {
     if tree.get(key(STATE, OPEN_STATUSES_MERGED))?.is_some() {
         return Ok(());
     }
-    let (mut moved, mut batch, mut in_batch) = (0u64, sled::Batch::default(), 0usize);
+    let mut batches = Batches::new(tree, SPLIT_BATCH);
     let open_names = Status::KINDS
         .iter()
         .filter(|s| !s.is_terminal())
@@ -472,18 +467,16 @@ fn merge_open_statuses(tree: &sled::Tree) -> Result<(), StoreError> {
                 .strip_prefix(prefix.as_slice())
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .ok_or(StoreError::Corrupt("status index key"))?;
-            batch.insert(index_key(STATUS_INDEX, OPEN_STATUSES, tracking), Vec::new());
-            batch.remove(k);
-            moved += 1;
-            in_batch += 1;
-            if in_batch == SPLIT_BATCH {
-                crate::durable::apply_sled_batch(tree, std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
+            batches.record([
+                (
+                    index_key(STATUS_INDEX, OPEN_STATUSES, tracking),
+                    Some(Vec::new()),
+                ),
+                (k.to_vec(), None),
+            ])?;
         }
     }
-    batch.insert(key(STATE, OPEN_STATUSES_MERGED), Vec::new());
-    crate::durable::apply_sled_batch(tree, batch)?;
+    let moved = batches.finish([(key(STATE, OPEN_STATUSES_MERGED), Some(Vec::new()))])?;
     if moved > 0 {
         tracing::info!(
             manifests = moved,
@@ -1260,21 +1253,79 @@ pub(crate) fn import_records(
     tree: &sled::Tree,
     items: impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
 ) -> Result<(), StoreError> {
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
+    let mut batches = Batches::new(tree, IMPORT_BATCH);
     for item in items {
         let (k, v) = item?;
-        batch.insert(k, v);
-        in_batch += 1;
-        if in_batch == IMPORT_BATCH {
-            crate::durable::apply_sled_batch(tree, std::mem::take(&mut batch))?;
-            in_batch = 0;
+        batches.record([(k, Some(v))])?;
+    }
+    batches.finish([])?;
+    Ok(())
+}
+
+/// Writes too many for one sled batch (imports, conversions at open), gathered into batches
+/// of `per_batch` records, each applied through the store's flush gate
+/// ([`crate::durable::apply_sled_batch`]; why batches, and why small: [`import_records`]).
+/// Only each batch is atomic.
+struct Batches<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    in_batch: usize,
+    per_batch: usize,
+    records: u64,
+}
+
+impl<'a> Batches<'a> {
+    fn new(tree: &'a sled::Tree, per_batch: usize) -> Self {
+        Batches {
+            tree,
+            batch: sled::Batch::default(),
+            in_batch: 0,
+            per_batch: per_batch.max(1),
+            records: 0,
         }
     }
-    if in_batch > 0 {
-        crate::durable::apply_sled_batch(tree, batch)?;
+
+    /// Adds one record's writes (`None` = remove), kept in one batch; applies the batch once it
+    /// holds `per_batch` records.
+    fn record(
+        &mut self,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
+        self.stage(writes);
+        self.records += 1;
+        self.in_batch += 1;
+        if self.in_batch == self.per_batch {
+            crate::durable::apply_sled_batch(self.tree, std::mem::take(&mut self.batch))?;
+            self.in_batch = 0;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Applies what is left with `last` (e.g. a marker that must follow every record) in the
+    /// final batch; returns how many records were written.
+    fn finish(
+        mut self,
+        last: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<u64, StoreError> {
+        let staged = self.stage(last);
+        if self.in_batch > 0 || staged {
+            crate::durable::apply_sled_batch(self.tree, self.batch)?;
+        }
+        Ok(self.records)
+    }
+
+    /// Adds `writes` to the open batch; true if there were any.
+    fn stage(&mut self, writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> bool {
+        let mut any = false;
+        for (k, v) in writes {
+            any = true;
+            match v {
+                Some(v) => self.batch.insert(k, v),
+                None => self.batch.remove(k),
+            }
+        }
+        any
+    }
 }
 
 /// A manifest's state before an event, as far as its index records depend on it.
