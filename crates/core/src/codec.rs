@@ -73,7 +73,9 @@ fn status_to_pb(status: Status) -> (ManifestStatus, u32) {
     }
 }
 
-fn status_from_pb(value: i32, leg: u32) -> Result<Status, CodecError> {
+/// The custody status a protobuf `ManifestStatus` value (and transporter leg) stands for;
+/// unspecified or unknown values are refused.
+pub fn status_from_pb(value: i32, leg: u32) -> Result<Status, CodecError> {
     Ok(match ManifestStatus::try_from(value) {
         Ok(ManifestStatus::Created) => Status::Created,
         Ok(ManifestStatus::InTransit) => Status::InTransit { leg },

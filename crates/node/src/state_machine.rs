@@ -576,10 +576,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
             // stopped applying on every node at once, for longer as history grew. An install
             // meanwhile retires this handle (`MapFile::retire`), and the save then leaves
             // nothing behind.
-            let saved = map_file.sync().and_then(|()| {
-                let synced = started.elapsed();
-                Ok((synced, map_file.save_index()?))
-            });
+            let saved = map_file.save_index();
             let map_indexed = started.elapsed();
             let mut inner = this.lock()?;
             if !mark.current() {
@@ -588,7 +585,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     "a snapshot was installed while this one was written; it is discarded",
                 ));
             }
-            let (map_synced, map_index) = saved.map_err(io_err)?;
+            let map_index = saved.map_err(io_err)?;
             remove_other_snapshots(&this.snapshot_dir, &path);
             inner.current_snapshot = Some((header.clone(), path.clone(), Some(copy_number)));
             let snapshot = this.snapshot_file(&inner, &header, path);
@@ -602,8 +599,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 locked_ms = locked.as_millis() as u64,
                 copy_ms = (copied - locked).as_millis() as u64,
                 fsync_ms = (written - copied).as_millis() as u64,
-                map_sync_ms = (map_synced - written).as_millis() as u64,
-                map_index_ms = (map_indexed - map_synced).as_millis() as u64,
+                map_index_ms = (map_indexed - written).as_millis() as u64,
                 ?map_index,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"

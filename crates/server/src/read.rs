@@ -2,7 +2,8 @@
 //! ledger events as the API returns them, and the read-consistency choice every read offers.
 
 use tonic::Status;
-use wasteledger_core::custody::{Status as CustodyStatus, kind_name};
+use wasteledger_core::codec::status_from_pb;
+use wasteledger_core::custody::kind_name;
 use wasteledger_core::entry::{LedgerEntry, leaf_hash};
 use wasteledger_core::envelope::{Subject, decode_event, event_hash};
 use wasteledger_core::pb;
@@ -350,19 +351,11 @@ impl ManifestFilter {
     }
 }
 
-/// The store's status index value for `s` ([`state::status_index_value`]).
+/// The store's status index value for `s` ([`state::status_index_value`]); `None` for
+/// `Unspecified`.
 fn status_index_value(s: pb::ManifestStatus) -> Option<&'static str> {
-    let status = match s {
-        pb::ManifestStatus::Unspecified => return None,
-        pb::ManifestStatus::Created => CustodyStatus::Created,
-        pb::ManifestStatus::InTransit => CustodyStatus::InTransit { leg: 0 },
-        pb::ManifestStatus::Delivered => CustodyStatus::Delivered,
-        pb::ManifestStatus::Received => CustodyStatus::Received,
-        pb::ManifestStatus::Rejected => CustodyStatus::Rejected,
-        pb::ManifestStatus::Returned => CustodyStatus::Returned,
-        pb::ManifestStatus::Treated => CustodyStatus::Treated,
-        pb::ManifestStatus::Cancelled => CustodyStatus::Cancelled,
-    };
+    // The leg does not change the index value.
+    let status = status_from_pb(s as i32, 0).ok()?;
     Some(state::status_index_value(status))
 }
 

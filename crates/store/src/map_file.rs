@@ -398,21 +398,26 @@ impl MapFile {
             // Staged records are in `newest` but not in the file: write them first. Fails on
             // a retired handle, which cannot be retired during the save (see `retire`).
             self.flush_locked(&mut state)?;
-            let since = state.saved.map_or(0, |s| s.covers);
             if state.saved.is_some_and(|s| s.covers == state.written) {
                 return Ok(IndexSave::Unchanged);
             }
-            let changed = state.newest.values().filter(|s| s.record >= since).count() as u64;
+            // The positions whose newest version was written since the last save; all of
+            // them when there is no saved index or a segment would outgrow it.
+            let positions_since = |from: u64| -> Vec<(Position, Slot)> {
+                state
+                    .newest
+                    .iter()
+                    .filter(|(_, slot)| slot.record >= from)
+                    .map(|(position, slot)| (*position, *slot))
+                    .collect()
+            };
+            let mut slots = positions_since(state.saved.map_or(0, |s| s.covers));
             let saved = state
                 .saved
-                .filter(|s| s.segment_positions + changed <= s.whole_positions);
-            let from = saved.map_or(0, |s| s.covers);
-            let slots: Vec<(Position, Slot)> = state
-                .newest
-                .iter()
-                .filter(|(_, slot)| slot.record >= from)
-                .map(|(position, slot)| (*position, *slot))
-                .collect();
+                .filter(|s| s.segment_positions + slots.len() as u64 <= s.whole_positions);
+            if saved.is_none() && state.saved.is_some() {
+                slots = positions_since(0);
+            }
             (state.written, saved, slots)
         };
         // The index may name only records that are on disk.
