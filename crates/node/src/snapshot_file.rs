@@ -18,10 +18,24 @@
 //!
 //! Files written before this split (`"WLSNAP01"`, no `omitted_below` field) are complete
 //! snapshots and are still read.
+//!
+//! A *layer* holds only what changed since the snapshot file it names (its *previous*), so a
+//! node's snapshot can be a chain: a whole file (the *base*) and up to [`MAX_LAYERS`] layers
+//! on it. Rewriting the whole file at every snapshot cost a pass over every changing record
+//! (each manifest's state, the status index: ~115 bytes per event, read, hashed and written
+//! again on every node), which grew with history; a layer costs what changed since the last
+//! snapshot. Layout: `"WLSNAPL1"` ‖ u32 meta length ‖ meta ‖ u64 `omitted_below` ‖ u16 name
+//! length ‖ the previous file's name (in the same directory) ‖ the previous file's checksum
+//! (its last 32 bytes) ‖ changes (u32 key length ‖ key ‖ u32 value length ‖ value, or u32
+//! 0xFFFFFFFF for a key deleted since)* ‖ u32 0xFFFFFFFF ‖ blake3 of every preceding byte
+//! (32). A [`Chain`] reads the records of the snapshot a layer stands for; a layer is never
+//! sent or installed as it is.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::alias::SnapshotMetaOf;
 use tokio::sync::mpsc;
@@ -33,7 +47,15 @@ use crate::types::{SnapshotFile, TypeConfig, decode, encode};
 
 const MAGIC_V1: &[u8; 8] = b"WLSNAP01";
 const MAGIC: &[u8; 8] = b"WLSNAP02";
+const MAGIC_LAYER: &[u8; 8] = b"WLSNAPL1";
 const END_OF_RECORDS: u32 = u32::MAX;
+/// In a layer, the value length of a key deleted since the previous file.
+const DELETED: u32 = u32::MAX;
+/// Most layers on one base: each adds a file to open and a set of keys to hold while the chain
+/// is read ([`ChainRecords`]), so the next build past this many writes a whole file.
+pub(crate) const MAX_LAYERS: usize = 8;
+/// Longest previous-file name a layer may hold (a file name, not a path).
+const MAX_NAME_BYTES: usize = 255;
 /// Largest encoded snapshot meta accepted (it holds the membership).
 const MAX_META_BYTES: usize = 1 << 20;
 /// Largest key or value accepted: far above any record the store writes (a manifest state
@@ -43,6 +65,18 @@ const MAX_RECORD_PART_BYTES: u32 = 64 << 20;
 
 /// One key/value record of a snapshot.
 pub type Record = (Vec<u8>, Vec<u8>);
+
+/// One record of a layer: a key and its value, or `None` if it was deleted since the previous
+/// file.
+pub type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// The file a layer changes: its name in the same directory, and its checksum (its last 32
+/// bytes), so a chain cannot silently pick up another file of that name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Previous {
+    name: String,
+    checksum: [u8; 32],
+}
 
 fn invalid(origin: &str, message: impl std::fmt::Display) -> io::Error {
     io::Error::new(
@@ -71,6 +105,10 @@ pub struct SettledPart {
     pub below: u64,
     /// The store when the snapshot was built: its history is valid only while it is current.
     pub store: StoreMark,
+    /// Set when reading the snapshot's own files failed as it was sent (a file damaged since
+    /// it was written), so that the next build writes a whole file from the store instead of
+    /// a layer on them.
+    pub unreadable: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SettledPart {
@@ -83,6 +121,15 @@ impl std::fmt::Debug for SettledPart {
 }
 
 impl SettledPart {
+    /// Marks the snapshot's files unreadable after `error` reading them, unless a file was
+    /// missing: a newer snapshot may have replaced them since this one was handed out, and a
+    /// build finds a file truly lost on its own when it opens the chain.
+    fn mark_unreadable(&self, error: &io::Error) {
+        if error.kind() != io::ErrorKind::NotFound {
+            self.unreadable.store(true, Ordering::Release);
+        }
+    }
+
     /// An error unless the store is still the one the snapshot was built from.
     fn check_store(&self) -> io::Result<()> {
         if self.store.current() {
@@ -102,15 +149,25 @@ struct Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn new(out: W, header: &SnapshotHeader) -> io::Result<Encoder<W>> {
+    /// Starts a whole snapshot, or with `previous` a layer on that file.
+    fn new(out: W, header: &SnapshotHeader, previous: Option<&Previous>) -> io::Result<Encoder<W>> {
         let mut encoder = Encoder {
             out: HashedWriter::new(out),
         };
         let meta = encode(&header.meta).map_err(io::Error::other)?;
-        encoder.put(MAGIC)?;
+        encoder.put(if previous.is_some() {
+            MAGIC_LAYER
+        } else {
+            MAGIC
+        })?;
         encoder.put(&(meta.len() as u32).to_be_bytes())?;
         encoder.put(&meta)?;
         encoder.put(&header.omitted_below.to_be_bytes())?;
+        if let Some(previous) = previous {
+            encoder.put(&(previous.name.len() as u16).to_be_bytes())?;
+            encoder.put(previous.name.as_bytes())?;
+            encoder.put(&previous.checksum)?;
+        }
         Ok(encoder)
     }
 
@@ -136,6 +193,25 @@ impl<W: Write> Encoder<W> {
         Ok((count, bytes))
     }
 
+    /// Writes a layer's `changes`; returns how many and their key + value bytes.
+    fn changes(&mut self, changes: impl Iterator<Item = Change>) -> io::Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for (k, v) in changes {
+            self.put(&(k.len() as u32).to_be_bytes())?;
+            self.put(&k)?;
+            match &v {
+                Some(v) => {
+                    self.put(&(v.len() as u32).to_be_bytes())?;
+                    self.put(v)?;
+                }
+                None => self.put(&DELETED.to_be_bytes())?,
+            }
+            count += 1;
+            bytes += (k.len() + v.map_or(0, |v| v.len())) as u64;
+        }
+        Ok((count, bytes))
+    }
+
     /// Writes the end marker and checksum; returns the writer.
     fn finish(mut self) -> io::Result<W> {
         self.put(&END_OF_RECORDS.to_be_bytes())?;
@@ -156,10 +232,43 @@ pub(crate) struct SnapshotWriter {
 impl SnapshotWriter {
     /// Starts `snapshot-<term>-<index>.snap` in `dir` (as a `.partial` file until finished).
     pub(crate) fn create(dir: &Path, header: &SnapshotHeader) -> io::Result<SnapshotWriter> {
+        SnapshotWriter::start(dir, header, None)
+    }
+
+    /// Starts a layer on the snapshot file `previous` (in `dir`), named as
+    /// [`SnapshotWriter::create`] names files; write it with [`SnapshotWriter::changes`].
+    pub(crate) fn create_layer(
+        dir: &Path,
+        header: &SnapshotHeader,
+        previous: &Path,
+    ) -> io::Result<SnapshotWriter> {
+        let name = previous
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.len() <= MAX_NAME_BYTES)
+            .ok_or_else(|| invalid(&previous.display().to_string(), "unusable file name"))?;
+        if previous.parent() != Some(dir) || name == file_name(&header.meta) {
+            return Err(invalid(
+                &previous.display().to_string(),
+                "a layer must change another file of the same directory",
+            ));
+        }
+        let previous = Previous {
+            name: name.to_owned(),
+            checksum: checksum(&mut File::open(previous)?)?,
+        };
+        SnapshotWriter::start(dir, header, Some(&previous))
+    }
+
+    fn start(
+        dir: &Path,
+        header: &SnapshotHeader,
+        previous: Option<&Previous>,
+    ) -> io::Result<SnapshotWriter> {
         let path = dir.join(file_name(&header.meta));
         let tmp = path.with_extension("partial");
         Ok(SnapshotWriter {
-            encoder: Encoder::new(File::create(&tmp)?, header)?,
+            encoder: Encoder::new(File::create(&tmp)?, header, previous)?,
             tmp,
             path,
         })
@@ -171,6 +280,14 @@ impl SnapshotWriter {
         records: impl Iterator<Item = Result<Record, E>>,
     ) -> io::Result<(u64, u64)> {
         self.encoder.records(records)
+    }
+
+    /// Writes a layer's changes; returns how many and their key + value bytes.
+    pub(crate) fn changes(
+        &mut self,
+        changes: impl Iterator<Item = Change>,
+    ) -> io::Result<(u64, u64)> {
+        self.encoder.changes(changes)
     }
 
     /// Ends the file and makes it durable under its final name.
@@ -195,6 +312,8 @@ pub(crate) fn file_name(meta: &SnapshotMetaOf<TypeConfig>) -> String {
 pub(crate) struct SnapshotReader<R: Read> {
     input: HashedReader<R>,
     header: SnapshotHeader,
+    /// For a layer, the file it changes.
+    previous: Option<Previous>,
     origin: String,
     done: bool,
 }
@@ -214,12 +333,13 @@ impl<R: Read> SnapshotReader<R> {
                 meta: Default::default(),
                 omitted_below: 0,
             },
+            previous: None,
             origin,
             done: false,
         };
         let mut magic = [0u8; 8];
         reader.read_hashed(&mut magic)?;
-        if &magic != MAGIC && &magic != MAGIC_V1 {
+        if ![MAGIC, MAGIC_V1, MAGIC_LAYER].contains(&&magic) {
             return Err(invalid(&reader.origin, "not a WasteLedger snapshot file"));
         }
         let meta_len = reader.read_u32()? as usize;
@@ -229,10 +349,27 @@ impl<R: Read> SnapshotReader<R> {
         let mut meta = vec![0u8; meta_len];
         reader.read_hashed(&mut meta)?;
         reader.header.meta = decode(&meta).map_err(|e| invalid(&reader.origin, e))?;
-        if &magic == MAGIC {
+        if &magic != MAGIC_V1 {
             let mut below = [0u8; 8];
             reader.read_hashed(&mut below)?;
             reader.header.omitted_below = u64::from_be_bytes(below);
+        }
+        if &magic == MAGIC_LAYER {
+            let mut len = [0u8; 2];
+            reader.read_hashed(&mut len)?;
+            let len = u16::from_be_bytes(len) as usize;
+            if len == 0 || len > MAX_NAME_BYTES {
+                return Err(invalid(&reader.origin, "bad previous file name length"));
+            }
+            let mut name = vec![0u8; len];
+            reader.read_hashed(&mut name)?;
+            let name = String::from_utf8(name)
+                .ok()
+                .filter(|n| !n.contains(['/', '\\']) && n.ends_with(".snap"))
+                .ok_or_else(|| invalid(&reader.origin, "bad previous file name"))?;
+            let mut checksum = [0u8; 32];
+            reader.read_hashed(&mut checksum)?;
+            reader.previous = Some(Previous { name, checksum });
         }
         Ok(reader)
     }
@@ -262,8 +399,9 @@ impl<R: Read> SnapshotReader<R> {
         Ok(part)
     }
 
-    /// The next record, or `None` after the end marker and a matching checksum.
-    fn next_record(&mut self) -> io::Result<Option<Record>> {
+    /// The next change of a layer, or record of a whole file (never a deletion), or `None`
+    /// after the end marker and a matching checksum.
+    fn next_change(&mut self) -> io::Result<Option<Change>> {
         if self.done {
             return Ok(None);
         }
@@ -285,21 +423,195 @@ impl<R: Read> SnapshotReader<R> {
         }
         let key = self.read_part(key_len)?;
         let value_len = self.read_u32()?;
+        if value_len == DELETED && self.previous.is_some() {
+            return Ok(Some((key, None)));
+        }
         let value = self.read_part(value_len)?;
-        Ok(Some((key, value)))
+        Ok(Some((key, Some(value))))
+    }
+
+    /// [`SnapshotReader::next_change`], ending after the first error.
+    fn next_or_end(&mut self) -> Option<io::Result<Change>> {
+        match self.next_change() {
+            Ok(change) => change.map(Ok),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
     }
 }
 
+/// The records of a whole snapshot file. A layer's records are only what changed: read it
+/// through a [`Chain`], which refuses to iterate one this way.
 impl<R: Read> Iterator for SnapshotReader<R> {
     type Item = io::Result<Record>;
 
     /// Ends after the checksum is checked, or after the first error.
     fn next(&mut self) -> Option<io::Result<Record>> {
-        match self.next_record() {
-            Ok(record) => record.map(Ok),
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
+        if self.previous.is_some() && !self.done {
+            self.done = true;
+            return Some(Err(invalid(
+                &self.origin,
+                "is a layer; read it with the files it changes",
+            )));
+        }
+        Some(match self.next_or_end()? {
+            Ok((k, Some(v))) => Ok((k, v)),
+            Ok((_, None)) => Err(invalid(&self.origin, "a deletion in a whole snapshot")),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// The checksum a snapshot file ends with (its last 32 bytes); leaves `file` positioned at
+/// its end.
+fn checksum(file: &mut File) -> io::Result<[u8; 32]> {
+    use std::io::{Seek, SeekFrom};
+    let mut sum = [0u8; 32];
+    file.seek(SeekFrom::End(-(sum.len() as i64)))?;
+    file.read_exact(&mut sum)?;
+    Ok(sum)
+}
+
+/// A node's snapshot as the files it is made of, newest first: the file named, and for a
+/// layer the files below it down to a whole file. Every file is opened (and each layer's
+/// previous file checked against the checksum it names) when the chain is opened, so a build
+/// that removes them meanwhile cannot cut a read short.
+pub(crate) struct Chain {
+    /// Newest first; only the last is a whole file.
+    files: Vec<ChainFile>,
+}
+
+struct ChainFile {
+    path: PathBuf,
+    bytes: u64,
+    reader: SnapshotReader<File>,
+}
+
+impl Chain {
+    /// Opens the snapshot file at `path` and the files it layers on.
+    pub(crate) fn open(path: &Path) -> io::Result<Chain> {
+        let mut files = vec![ChainFile::open(path, None)?];
+        // Bounded: a chain longer than MAX_LAYERS is refused.
+        while let Some(previous) = files.last().and_then(|f| f.reader.previous.clone()) {
+            let newest = &files[0].path;
+            if files.len() > MAX_LAYERS {
+                return Err(invalid(
+                    &newest.display().to_string(),
+                    format!("more than {MAX_LAYERS} layers"),
+                ));
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let file = ChainFile::open(&dir.join(&previous.name), Some(&previous.checksum))?;
+            files.push(file);
+        }
+        // A whole file a layer builds on must leave out the history the newest one leaves out
+        // (it was built by this node): a complete one would send that history twice.
+        if let [newest, .., base] = files.as_slice()
+            && base.reader.header.omitted_below == 0
+            && newest.reader.header.omitted_below != 0
+        {
+            return Err(invalid(
+                &base.path.display().to_string(),
+                "a complete snapshot cannot be the base of a layer",
+            ));
+        }
+        Ok(Chain { files })
+    }
+
+    /// The newest file's header: the snapshot's.
+    pub(crate) fn header(&self) -> &SnapshotHeader {
+        &self.files[0].reader.header
+    }
+
+    /// The files, newest first.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// How many layers lie on the whole file.
+    pub(crate) fn layers(&self) -> usize {
+        self.files.len() - 1
+    }
+
+    /// Bytes of the whole file, and of the layers on it.
+    pub(crate) fn sizes(&self) -> (u64, u64) {
+        let (base, layers) = self.files.split_last().map_or((0, 0), |(base, layers)| {
+            (base.bytes, layers.iter().map(|f| f.bytes).sum())
+        });
+        (base, layers)
+    }
+
+    /// Every record of the snapshot, each key once, in no particular order.
+    pub(crate) fn records(self) -> ChainRecords {
+        ChainRecords {
+            files: self.files.into_iter().map(|f| f.reader).collect(),
+            seen: std::collections::HashSet::new(),
+        }
+    }
+}
+
+impl ChainFile {
+    fn open(path: &Path, expected_checksum: Option<&[u8; 32]>) -> io::Result<ChainFile> {
+        let origin = path.display().to_string();
+        let mut file = File::open(path)?;
+        let bytes = file.metadata()?.len();
+        if let Some(expected) = expected_checksum {
+            if &checksum(&mut file)? != expected {
+                return Err(invalid(
+                    &origin,
+                    "is not the file the layer above it changes",
+                ));
+            }
+            use std::io::Seek;
+            file.rewind()?;
+        }
+        Ok(ChainFile {
+            path: path.to_owned(),
+            bytes,
+            reader: SnapshotReader::new(file, origin)?,
+        })
+    }
+}
+
+/// The records of a [`Chain`]: the newest file's, then each older file's records whose key no
+/// newer file holds, changed or deleted. Holds the keys of the layers read so far (not of the
+/// whole file), which [`MAX_LAYERS`] and the build's rule (layers stay smaller than their
+/// base) bound.
+pub(crate) struct ChainRecords {
+    files: std::collections::VecDeque<SnapshotReader<File>>,
+    seen: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Iterator for ChainRecords {
+    type Item = io::Result<Record>;
+
+    fn next(&mut self) -> Option<io::Result<Record>> {
+        // Bounded: each turn reads one record of a finite file or drops a finished file.
+        loop {
+            let file = self.files.front_mut()?;
+            let is_base = file.previous.is_none();
+            let (key, value) = match file.next_or_end() {
+                None => {
+                    self.files.pop_front();
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.files.clear();
+                    return Some(Err(e));
+                }
+                Some(Ok(change)) => change,
+            };
+            if is_base {
+                if self.seen.contains(&key) {
+                    continue;
+                }
+            } else if !self.seen.insert(key.clone()) {
+                continue;
+            }
+            if let Some(value) = value {
+                return Some(Ok((key, value)));
             }
         }
     }
@@ -316,6 +628,12 @@ pub fn read_header(path: &Path) -> io::Result<SnapshotHeader> {
 /// hand (the file is read twice instead; a snapshot can be larger than memory).
 pub(crate) fn open_complete(path: &Path) -> io::Result<(SnapshotHeader, SnapshotReader<File>)> {
     let mut check = SnapshotReader::open(path)?;
+    if check.previous.is_some() {
+        return Err(invalid(
+            &check.origin,
+            "is a layer of another snapshot; only a complete snapshot can be installed",
+        ));
+    }
     if check.header.omitted_below != 0 {
         return Err(invalid(
             &check.origin,
@@ -404,22 +722,28 @@ fn write_wire(snapshot: &SnapshotFile, sink: &mut ChunkSink) -> io::Result<()> {
         return Ok(());
     };
     settled.check_store()?;
-    let mut own = SnapshotReader::open(&snapshot.path)?;
-    if own.header.omitted_below != settled.below {
+    let own = Chain::open(&snapshot.path).inspect_err(|e| settled.mark_unreadable(e))?;
+    if own.header().omitted_below != settled.below {
         return Err(invalid(
-            &own.origin,
+            &snapshot.path.display().to_string(),
             format!(
                 "leaves out history below {}, expected {}",
-                own.header.omitted_below, settled.below
+                own.header().omitted_below,
+                settled.below
             ),
         ));
     }
     let header = SnapshotHeader {
-        meta: own.header.meta.clone(),
+        meta: own.header().meta.clone(),
         omitted_below: 0,
     };
-    let mut encoder = Encoder::new(&mut *sink, &header)?;
-    encoder.records(own.by_ref())?;
+    let mut encoder = Encoder::new(&mut *sink, &header, None)?;
+    let own = own.records().inspect(|r| {
+        if let Err(e) = r {
+            settled.mark_unreadable(e);
+        }
+    });
+    encoder.records(own)?;
     encoder.records(settled.history.records(settled.below))?;
     // Checked after the history was read: an install in between may have cleared it.
     settled.check_store()?;
@@ -432,8 +756,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::fs;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     use super::*;
 
@@ -534,6 +857,192 @@ mod tests {
         assert_eq!(got, vec![(b"k".to_vec(), b"vv".to_vec())]);
     }
 
+    fn header_at(index: u64, omitted_below: u64) -> SnapshotHeader {
+        SnapshotHeader {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: Some(openraft::testing::log_id::<TypeConfig>(3, 1, index)),
+                ..Default::default()
+            },
+            omitted_below,
+        }
+    }
+
+    fn write_layer(dir: &Path, header: &SnapshotHeader, on: &Path, changes: &[Change]) -> PathBuf {
+        let mut w = SnapshotWriter::create_layer(dir, header, on).unwrap();
+        w.changes(changes.iter().cloned()).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn chain_records(path: &Path) -> io::Result<Vec<Record>> {
+        let mut records = Chain::open(path)?
+            .records()
+            .collect::<io::Result<Vec<_>>>()?;
+        records.sort();
+        Ok(records)
+    }
+
+    #[test]
+    fn a_layer_changes_adds_and_deletes_records_of_the_file_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), &header_at(10, 5), &records(6));
+        let first = write_layer(
+            dir.path(),
+            &header_at(20, 9),
+            &base,
+            &[
+                (vec![b'k', 1], Some(b"new".to_vec())),
+                (vec![b'k', 2], None),
+                (b"added".to_vec(), Some(b"a".to_vec())),
+            ],
+        );
+        let second = write_layer(
+            dir.path(),
+            &header_at(30, 12),
+            &first,
+            &[
+                (vec![b'k', 1], None),
+                (b"added".to_vec(), Some(b"b".to_vec())),
+                (vec![b'k', 2], Some(b"back".to_vec())),
+            ],
+        );
+        let chain = Chain::open(&second).unwrap();
+        assert_eq!(chain.header(), &header_at(30, 12));
+        assert_eq!(chain.layers(), 2);
+        assert_eq!(chain.paths().collect::<Vec<_>>(), [&second, &first, &base]);
+        let (base_bytes, layer_bytes) = chain.sizes();
+        assert_eq!(base_bytes, fs::metadata(&base).unwrap().len());
+        assert_eq!(
+            layer_bytes,
+            fs::metadata(&first).unwrap().len() + fs::metadata(&second).unwrap().len()
+        );
+        let mut expected = records(6);
+        expected.retain(|(k, _)| k != &[b'k', 1] && k != &[b'k', 2]);
+        expected.push((b"added".to_vec(), b"b".to_vec()));
+        expected.push((vec![b'k', 2], b"back".to_vec()));
+        expected.sort();
+        assert_eq!(chain_records(&second).unwrap(), expected);
+        assert_eq!(read_header(&second).unwrap(), header_at(30, 12));
+
+        // Read on its own, a layer is refused rather than taken for the whole snapshot.
+        let mut alone = SnapshotReader::open(&second).unwrap();
+        assert!(alone.next().unwrap().is_err());
+        assert!(alone.next().is_none());
+        let Err(err) = open_complete(&second) else {
+            panic!("a layer was accepted for an install")
+        };
+        assert!(err.to_string().contains("is a layer"), "{err}");
+    }
+
+    #[test]
+    fn a_chain_with_a_missing_replaced_or_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), &header_at(10, 5), &records(6));
+        let layer = write_layer(
+            dir.path(),
+            &header_at(20, 9),
+            &base,
+            &[(vec![b'k', 1], None)],
+        );
+        assert!(chain_records(&layer).is_ok());
+        let good = fs::read(&base).unwrap();
+
+        // Another file under the base's name: its checksum differs.
+        fs::write(
+            &base,
+            fs::read(write(dir.path(), &header_at(11, 5), &records(7))).unwrap(),
+        )
+        .unwrap();
+        let Err(err) = Chain::open(&layer) else {
+            panic!("a replaced base was accepted")
+        };
+        assert!(err.to_string().contains("is not the file"), "{err}");
+
+        // Damage inside the base (its checksum kept) shows when the records are read.
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x10;
+        fs::write(&base, &bad).unwrap();
+        assert!(chain_records(&layer).is_err());
+
+        fs::remove_file(&base).unwrap();
+        assert!(Chain::open(&layer).is_err());
+
+        // Damage in the layer itself.
+        fs::write(&base, &good).unwrap();
+        let mut bad = fs::read(&layer).unwrap();
+        let at = bad.len() - 40;
+        bad[at] ^= 0x01;
+        fs::write(&layer, &bad).unwrap();
+        assert!(chain_records(&layer).is_err());
+    }
+
+    #[test]
+    fn a_layer_on_a_complete_snapshot_or_on_itself_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let complete = write(dir.path(), &header_at(10, 0), &records(3));
+        let layer = write_layer(dir.path(), &header_at(20, 9), &complete, &[]);
+        let Err(err) = Chain::open(&layer) else {
+            panic!("a layer on a complete snapshot was accepted")
+        };
+        assert!(err.to_string().contains("cannot be the base"), "{err}");
+
+        let own = write(dir.path(), &header_at(30, 4), &records(3));
+        assert!(SnapshotWriter::create_layer(dir.path(), &header_at(30, 4), &own).is_err());
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut newest = write(dir.path(), &header_at(1, 1), &records(2));
+        for index in 2..=(MAX_LAYERS as u64 + 1) {
+            newest = write_layer(dir.path(), &header_at(index, 1), &newest, &[]);
+        }
+        assert_eq!(Chain::open(&newest).unwrap().layers(), MAX_LAYERS);
+        let over = write_layer(dir.path(), &header_at(99, 1), &newest, &[]);
+        let Err(err) = Chain::open(&over) else {
+            panic!("{} layers accepted", MAX_LAYERS + 1)
+        };
+        assert!(err.to_string().contains("layers"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the changes, a chain reads as the records a model map holds after applying
+        /// them in order, each key once.
+        #[test]
+        fn a_chain_reads_as_its_changes_applied_in_order(
+            base in proptest::collection::btree_map(0u8..24, proptest::collection::vec(0u8..=255, 0..6), 0..24),
+            layers in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    0u8..32,
+                    proptest::option::of(proptest::collection::vec(0u8..=255, 0..6)),
+                    0..12,
+                ),
+                0..=MAX_LAYERS,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let key = |k: u8| vec![b'k', k];
+            let base_records: Vec<Record> = base.iter().map(|(k, v)| (key(*k), v.clone())).collect();
+            let mut newest = write(dir.path(), &header_at(1, 1), &base_records);
+            let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+                base_records.into_iter().collect();
+            for (changes, index) in layers.iter().zip(2u64..) {
+                let changes: Vec<Change> =
+                    changes.iter().map(|(k, v)| (key(*k), v.clone())).collect();
+                newest = write_layer(dir.path(), &header_at(index, 1), &newest, &changes);
+                for (k, v) in changes {
+                    match v {
+                        Some(v) => model.insert(k, v),
+                        None => model.remove(&k),
+                    };
+                }
+            }
+            let expected: Vec<Record> = model.into_iter().collect();
+            proptest::prop_assert_eq!(chain_records(&newest).unwrap(), expected);
+        }
+    }
+
     /// A store holding the sample network's registrations, and its settled history.
     fn settled_store(dir: &Path) -> (wasteledger_store::state::LedgerStore, u64) {
         use wasteledger_core::sample::{HOUR, SampleNetwork, T0};
@@ -567,6 +1076,7 @@ mod tests {
                 history: store.settled_history(),
                 below: size,
                 store: StoreMark::new(installs.clone()),
+                unreadable: Arc::new(AtomicBool::new(false)),
             }),
         };
         let sent = collect(wire_chunks(snapshot.clone(), 100)).await.unwrap();

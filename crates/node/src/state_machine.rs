@@ -31,11 +31,11 @@ use wasteledger_core::genesis::Genesis;
 use wasteledger_core::ledger::Rejection;
 use wasteledger_core::pb;
 use wasteledger_store::state::{
-    CosignOutcome, HistoryCheck, HistoryChecked, IntegrityError, LedgerStore,
+    ChangingCopy, CosignOutcome, HistoryCheck, HistoryChecked, IntegrityError, LedgerStore,
 };
 use wasteledger_store::{DurableDb, StoreError, rename_durably, sync_dir};
 
-use crate::snapshot_file::{self, SettledPart, SnapshotHeader, SnapshotWriter};
+use crate::snapshot_file::{self, Chain, SettledPart, SnapshotHeader, SnapshotWriter};
 use crate::types::{
     LedgerRequest, LedgerResponse, LogId, SnapshotFile, TypeConfig, decode, encode,
 };
@@ -87,6 +87,9 @@ pub struct LedgerStateMachine {
     /// What is read of the store without the lock (a snapshot's settled history, as it is
     /// written or sent) is valid only if this did not change meanwhile.
     installs: Arc<AtomicU64>,
+    /// Set when sending this node's snapshot found one of its files unreadable: the next
+    /// build then writes a whole file from a scan of the store ([`SettledPart::unreadable`]).
+    snapshot_unreadable: Arc<AtomicBool>,
     db: DurableDb,
     genesis: Genesis,
     snapshot_dir: PathBuf,
@@ -139,6 +142,7 @@ impl LedgerStateMachine {
                 current_snapshot,
             })),
             installs: Arc::new(AtomicU64::new(0)),
+            snapshot_unreadable: Arc::new(AtomicBool::new(false)),
             db: db.clone(),
             genesis,
             snapshot_dir,
@@ -359,25 +363,24 @@ fn rejected(rejection: &Rejection) -> LedgerResponse {
     }
 }
 
-/// Finds the newest complete snapshot file (`*.snap`) and reads its meta.
+/// Finds the newest snapshot (`*.snap`) whose files are all there ([`Chain::open`]) and reads
+/// its meta.
 fn latest_snapshot(dir: &Path) -> Option<(SnapshotHeader, PathBuf)> {
-    let mut best: Option<(SnapshotHeader, PathBuf)> = None;
-    for entry in fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("snap") {
-            continue;
+    let mut found: Vec<(SnapshotHeader, PathBuf)> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("snap"))
+        .filter_map(|path| Some((snapshot_file::read_header(&path).ok()?, path)))
+        .collect();
+    found.sort_by_key(|(header, _)| std::cmp::Reverse(header.meta.last_log_id));
+    found.into_iter().find(|(_, path)| match Chain::open(path) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable snapshot");
+            false
         }
-        let Ok(header) = snapshot_file::read_header(&path) else {
-            continue;
-        };
-        let newer = best
-            .as_ref()
-            .is_none_or(|(b, _)| header.meta.last_log_id > b.meta.last_log_id);
-        if newer {
-            best = Some((header, path));
-        }
-    }
-    best
+    })
 }
 
 /// Replaces the store in `db` with the complete, already checked snapshot `records` taken at
@@ -459,7 +462,7 @@ fn finish_interrupted_install(
         );
         let (header, records) = snapshot_file::open_complete(&path)?;
         import_snapshot(db, genesis, map_path, &header.meta, records)?;
-        remove_other_snapshots(dir, &path);
+        remove_other_snapshots(dir, std::slice::from_ref(&path));
     } else {
         tracing::warn!(
             journal = %name,
@@ -470,8 +473,8 @@ fn finish_interrupted_install(
     Ok(())
 }
 
-/// Removes snapshot files other than `keep`.
-fn remove_other_snapshots(dir: &Path, keep: &Path) {
+/// Removes snapshot files other than those in `keep`.
+fn remove_other_snapshots(dir: &Path, keep: &[PathBuf]) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
@@ -480,13 +483,99 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) {
                 Some("snap" | "partial")
             );
             if is_snapshot
-                && path != keep
+                && !keep.contains(&path)
                 && let Err(e) = fs::remove_file(&path)
             {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove old snapshot");
             }
         }
     }
+}
+
+/// What [`write_own_snapshot`] wrote.
+struct WrittenSnapshot {
+    /// The new file.
+    path: PathBuf,
+    /// The files the snapshot is made of, newest first: the new file, and for a layer the
+    /// files below it. The rest can go.
+    chain: Vec<PathBuf>,
+    /// How many records (or changes, for a layer) and their key + value bytes.
+    records: (u64, u64),
+    /// How it was made, for the build log: `layer`, `incremental` (a whole file from the
+    /// previous snapshot's records and the changes since) or `full` (a scan of the store).
+    kind: &'static str,
+}
+
+/// Writes the snapshot of `copy` described by `header` into `dir`, durably. From the previous
+/// snapshot (`previous`: its file, and the number of the copy it was built from) when the
+/// store kept every change since that copy: as a layer holding only those changes while the
+/// layers stay fewer than [`snapshot_file::MAX_LAYERS`] and smaller together than the whole
+/// file below them, otherwise as a whole file made of the previous snapshot's records and the
+/// changes. Otherwise (the first build since start-up or an install, or a previous snapshot
+/// that cannot be read) by a scan of every changing record.
+///
+/// Layers keep a snapshot's cost to what changed since the last one: a whole file is
+/// rewritten only once the layers add up to its size, so the bytes written per snapshot stay
+/// about three times the changes, however long the history.
+fn write_own_snapshot(
+    dir: &Path,
+    header: &SnapshotHeader,
+    copy: &ChangingCopy,
+    previous: Option<(PathBuf, u64)>,
+) -> io::Result<WrittenSnapshot> {
+    let whole = |path: PathBuf, records, kind| WrittenSnapshot {
+        chain: vec![path.clone()],
+        path,
+        records,
+        kind,
+    };
+    let chain = previous.and_then(|(path, number)| match Chain::open(&path) {
+        Ok(chain) => Some((path, number, chain)),
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(), error = %e,
+                "cannot read the previous snapshot; copying every record instead"
+            );
+            None
+        }
+    });
+    if let Some((path, number, chain)) = chain
+        && let (Some(count), Some(bytes)) = (copy.changes_since(number), copy.changed_bytes(number))
+    {
+        let (base_bytes, layer_bytes) = chain.sizes();
+        // Each change adds its two lengths to its bytes.
+        let estimate = (bytes + 8 * count) as u64;
+        let layer = chain.layers() < snapshot_file::MAX_LAYERS
+            && layer_bytes + estimate <= base_bytes
+            && chain.header().omitted_below > 0
+            && dir.join(snapshot_file::file_name(&header.meta)) != path;
+        if layer && let Some(changes) = copy.changed_since(number) {
+            let mut writer = SnapshotWriter::create_layer(dir, header, &path)?;
+            let records = writer.changes(changes)?;
+            let new = writer.finish()?;
+            let mut files = vec![new.clone()];
+            files.extend(chain.paths().map(Path::to_owned));
+            return Ok(WrittenSnapshot {
+                path: new,
+                chain: files,
+                records,
+                kind: "layer",
+            });
+        }
+        if let Some(records) = copy.records_since(number, chain.records()) {
+            let mut writer = SnapshotWriter::create(dir, header)?;
+            match writer.records(records) {
+                Ok(records) => return Ok(whole(writer.finish()?, records, "incremental")),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "building from the previous snapshot failed; copying every record instead"
+                ),
+            }
+        }
+    }
+    let mut writer = SnapshotWriter::create(dir, header)?;
+    let records = writer.records(copy.records())?;
+    Ok(whole(writer.finish()?, records, "full"))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
@@ -503,7 +592,7 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let (header, mut writer, copy, previous, mark, map_file) = {
+            let (header, copy, previous, mark, map_file) = {
                 let inner = this.lock()?;
                 let size = inner.store.merkle_size();
                 let header = SnapshotHeader {
@@ -519,56 +608,26 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                     .record_integrity_checkpoint(size, &root)
                     .map_err(io_err)?;
                 let copy = inner.store.begin_changing_copy().map_err(io_err)?;
-                let writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
+                let unreadable = this.snapshot_unreadable.swap(false, Ordering::AcqRel);
+                if unreadable {
+                    tracing::warn!(
+                        "the current snapshot could not be read when it was sent; \
+                         this one is copied whole from the store"
+                    );
+                }
                 let previous = inner
                     .current_snapshot
                     .as_ref()
-                    .and_then(|(_, path, copy)| Some((path.clone(), (*copy)?)));
-                (
-                    header,
-                    writer,
-                    copy,
-                    previous,
-                    this.mark(),
-                    inner.store.map_file(),
-                )
+                    .and_then(|(_, path, copy)| Some((path.clone(), (*copy)?)))
+                    .filter(|_| !unreadable);
+                (header, copy, previous, this.mark(), inner.store.map_file())
             };
             let locked = started.elapsed();
-            // From the previous snapshot's file and the records changed since, when the store
-            // tracked them; otherwise (the first build since start-up or an install, or a
-            // failure reading the previous file) a scan of every changing record.
-            let mut incremental = None;
-            if let Some((path, number)) = previous {
-                match snapshot_file::SnapshotReader::open(&path) {
-                    Ok(reader) => {
-                        incremental = copy
-                            .records_since(number, reader)
-                            .map(|records| writer.records(records));
-                    }
-                    Err(e) => tracing::warn!(
-                        path = %path.display(), error = %e,
-                        "cannot read the previous snapshot; copying every record instead"
-                    ),
-                }
-            }
-            let (changing, kind) = match incremental {
-                Some(Ok(changing)) => (changing, "incremental"),
-                Some(Err(e)) => {
-                    tracing::warn!(
-                        error = %e,
-                        "building from the previous snapshot failed; copying every record instead"
-                    );
-                    drop(writer);
-                    writer = SnapshotWriter::create(&this.snapshot_dir, &header)?;
-                    (writer.records(copy.records())?, "full")
-                }
-                None => (writer.records(copy.records())?, "full"),
-            };
+            let written = write_own_snapshot(&this.snapshot_dir, &header, &copy, previous)?;
             let copy_number = copy.number();
             drop(copy);
             let copied = started.elapsed();
-            let path = writer.finish()?;
-            let written = started.elapsed();
+            let path = written.path.clone();
             // Lets a restart skip reading old map records. It syncs the map records written
             // since the last save (~2 KB per event), then writes the map positions changed
             // since (or all of them, tens of MB at a million events, when the changes would
@@ -586,20 +645,20 @@ impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
                 ));
             }
             let map_index = saved.map_err(io_err)?;
-            remove_other_snapshots(&this.snapshot_dir, &path);
+            remove_other_snapshots(&this.snapshot_dir, &written.chain);
             inner.current_snapshot = Some((header.clone(), path.clone(), Some(copy_number)));
             let snapshot = this.snapshot_file(&inner, &header, path);
             drop(inner);
             tracing::info!(
                 last_log_index = header.meta.last_log_id.map(|id| id.index),
                 ledger_size = header.omitted_below,
-                records = changing.0,
-                bytes = changing.1,
-                kind,
+                records = written.records.0,
+                bytes = written.records.1,
+                kind = written.kind,
+                files = written.chain.len(),
                 locked_ms = locked.as_millis() as u64,
-                copy_ms = (copied - locked).as_millis() as u64,
-                fsync_ms = (written - copied).as_millis() as u64,
-                map_index_ms = (map_indexed - written).as_millis() as u64,
+                write_ms = (copied - locked).as_millis() as u64,
+                map_index_ms = (map_indexed - copied).as_millis() as u64,
                 ?map_index,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
@@ -622,6 +681,7 @@ impl LedgerStateMachine {
             history: inner.store.settled_history(),
             below: header.omitted_below,
             store: self.mark(),
+            unreadable: self.snapshot_unreadable.clone(),
         });
         SnapshotFile { path, settled }
     }
@@ -803,7 +863,7 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             let store = import_snapshot(&this.db, &this.genesis, &this.map_path, &meta, records)?;
             let imported = started.elapsed();
             end_install(&this.snapshot_dir)?;
-            remove_other_snapshots(&this.snapshot_dir, &kept);
+            remove_other_snapshots(&this.snapshot_dir, std::slice::from_ref(&kept));
             inner.store = store;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
@@ -888,8 +948,9 @@ mod tests {
 
     async fn build(sm: &mut LedgerStateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
         let snapshot = sm.build_snapshot().await.unwrap();
-        let mut records: Vec<_> = snapshot_file::SnapshotReader::open(&snapshot.snapshot.path)
+        let mut records: Vec<_> = Chain::open(&snapshot.snapshot.path)
             .unwrap()
+            .records()
             .map(Result::unwrap)
             .collect();
         records.sort();
@@ -996,7 +1057,9 @@ mod tests {
 
     /// A previous snapshot file that fails its checksum half-way through the pass over it does
     /// not fail the build, nor leave its records in the new file: the build scans the store
-    /// instead, and the result is what a node that never had that file builds.
+    /// instead, and the result is what a node that never had that file builds. A build that
+    /// layers on the damaged file does not read it; sending the snapshot does, fails, and
+    /// makes the next build a whole one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_damaged_previous_snapshot_falls_back_to_a_full_scan() {
         let net = SampleNetwork::new().unwrap();
@@ -1016,8 +1079,23 @@ mod tests {
         bytes[middle] ^= 0x20;
         fs::write(&previous.snapshot.path, bytes).unwrap();
 
-        apply(&mut a, rest).await;
+        apply(&mut a, &rest[..2]).await;
+        a.build_snapshot().await.unwrap();
+        let layered = a.get_current_snapshot().await.unwrap().unwrap();
+        let mut rx = snapshot_file::wire_chunks(layered.snapshot, 1 << 12);
+        let failed = loop {
+            match rx.recv().await.unwrap() {
+                Ok(Some(_)) => {}
+                Ok(None) => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(failed, "a damaged snapshot was sent whole");
+
+        apply(&mut a, &rest[2..]).await;
         let rebuilt = build(&mut a).await;
+        let current = a.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(Chain::open(&current.snapshot.path).unwrap().layers(), 0);
         apply(&mut b, &all).await;
         assert_eq!(rebuilt, build(&mut b).await);
 
@@ -1026,6 +1104,123 @@ mod tests {
         apply(&mut a, &more).await;
         apply(&mut b, &more).await;
         assert_eq!(build(&mut a).await, build(&mut b).await);
+    }
+
+    /// The snapshot files in `sm`'s directory, by name.
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Builds from the previous snapshot write layers holding only the changes since, until
+    /// the layers add up to the whole file below them; the snapshot they make holds what a
+    /// node that never had them builds, is sent as the same complete snapshot, and is found
+    /// again after a restart. Only the files of the current snapshot are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_are_layered_until_the_layers_outgrow_their_base() {
+        let net = SampleNetwork::new().unwrap();
+        let all = entries(&net, 120);
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(a_dir.path(), &net.genesis);
+        let base = net.registrations().len() + 80;
+        apply(&mut a, &all[..base]).await;
+        let first = build(&mut a).await;
+        assert_eq!(snapshot_files(a_dir.path()).len(), 1);
+
+        let mut kinds = Vec::new();
+        let mut at = base;
+        while at < all.len() {
+            let next = (at + 4).min(all.len());
+            apply(&mut a, &all[at..next]).await;
+            at = next;
+            let built = build(&mut a).await;
+            let current = a.get_current_snapshot().await.unwrap().unwrap();
+            let chain = Chain::open(&current.snapshot.path).unwrap();
+            kinds.push(chain.layers());
+            // Exactly the chain's files are kept.
+            let mut kept: Vec<String> = chain
+                .paths()
+                .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+                .collect();
+            kept.sort();
+            assert_eq!(snapshot_files(a_dir.path()), kept);
+
+            // A node fed the same entries, built once from a scan of its store, agrees.
+            let mut b = open(b_dir.path(), &net.genesis);
+            let done = b
+                .applied_state()
+                .await
+                .unwrap()
+                .0
+                .map_or(0, |id| id.index as usize);
+            apply(&mut b, &all[done..at]).await;
+            assert_eq!(built, build(&mut b).await);
+            drop(b);
+            assert_ne!(built, first);
+        }
+        // Layers were written, and at least once a whole file replaced them.
+        assert!(kinds.iter().any(|&n| n > 0), "{kinds:?}");
+        assert!(
+            kinds.windows(2).any(|w| w[1] == 0 && w[0] > 0),
+            "never compacted: {kinds:?}"
+        );
+
+        // Sent to a peer, a layered snapshot is the complete snapshot a whole file gives.
+        if kinds.last() == Some(&0) {
+            let more = entries(&net, 122).split_off(all.len());
+            apply(&mut a, &more).await;
+            build(&mut a).await;
+        }
+        let current = a.get_current_snapshot().await.unwrap().unwrap();
+        assert!(Chain::open(&current.snapshot.path).unwrap().layers() > 0);
+        let (meta, bytes) = (current.meta.clone(), send(current.snapshot).await);
+        let expected = head(&mut a).await;
+        let c_dir = tempfile::tempdir().unwrap();
+        let mut c = open(c_dir.path(), &net.genesis);
+        let received = c_dir.path().join("received.snap");
+        fs::write(&received, &bytes).unwrap();
+        c.install_snapshot(&meta, SnapshotFile::complete(received))
+            .await
+            .unwrap();
+        assert_eq!(head(&mut c).await, expected);
+
+        // After a restart the layered snapshot is current again and is sent the same.
+        let records = build_records_of_current(&mut a).await;
+        drop(a);
+        let mut a = open(a_dir.path(), &net.genesis);
+        let current = a.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+        assert_eq!(build_records_of_current(&mut a).await, records);
+        assert_eq!(send(current.snapshot).await, bytes);
+    }
+
+    /// The bytes a peer receives for `snapshot`.
+    async fn send(snapshot: SnapshotFile) -> Vec<u8> {
+        let mut rx = snapshot_file::wire_chunks(snapshot, 1 << 12);
+        let mut bytes = Vec::new();
+        loop {
+            match rx.recv().await.unwrap() {
+                Ok(Some(chunk)) => bytes.extend(chunk),
+                Ok(None) => return bytes,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// The records of `sm`'s current snapshot, sorted.
+    async fn build_records_of_current(sm: &mut LedgerStateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        let mut records: Vec<_> = Chain::open(&current.snapshot.path)
+            .unwrap()
+            .records()
+            .map(Result::unwrap)
+            .collect();
+        records.sort();
+        records
     }
 
     /// The complete snapshot `sm` would send a peer now: its meta and the file's bytes.

@@ -576,6 +576,22 @@ fn a_copy_made_from_the_previous_copy_and_the_changes_equals_a_full_copy() {
         .records_since(previous_number, previous.clone().into_iter().map(Ok))
         .expect("every change since the previous copy was tracked");
     let made = read_while_applying(&mut incremental, made, last);
+    // The same copy as a layer over the previous one: its changes alone, with deletions,
+    // taken after the copy was read while entries went on being applied.
+    let layered = {
+        let mut records: std::collections::BTreeMap<_, _> = previous.iter().cloned().collect();
+        let mut bytes = 0;
+        for (k, v) in copy.changed_since(previous_number).unwrap() {
+            bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            match v {
+                Some(v) => records.insert(k, v),
+                None => records.remove(&k),
+            };
+        }
+        assert_eq!(Some(bytes), copy.changed_bytes(previous_number));
+        records.into_iter().collect::<Vec<_>>()
+    };
+    assert!(copy.changed_since(previous_number + 1).is_none());
     drop(copy);
     let copy = full.begin_changing_copy().unwrap();
     let scanned = read_while_applying(&mut full, copy.records(), last);
@@ -585,6 +601,7 @@ fn a_copy_made_from_the_previous_copy_and_the_changes_equals_a_full_copy() {
         "the events between the copies changed nothing"
     );
     assert_eq!(made, scanned);
+    assert_eq!(layered, scanned);
     // Every record that differs between the copies (added, changed or deleted) was counted
     // among the keys written.
     let differing = {

@@ -15,6 +15,8 @@
 //! records of the previous copy (the previous snapshot file) and the records written since
 //! that copy began, which the store keeps in memory from one copy to the next: the snapshot
 //! then costs a sequential pass over the previous file, and no read of the tree at all.
+//! [`ChangingCopy::changed_since`] gives those written records alone (with deletions), for a
+//! snapshot stored as a layer on the previous one: no pass over the previous file either.
 
 use std::collections::HashMap;
 use std::io;
@@ -275,6 +277,28 @@ impl ChangingCopy {
     /// (see [`ChangingCopy::records_since`]).
     pub fn changes_since(&self, previous_number: u64) -> Option<usize> {
         self.changes(previous_number).map(|c| c.values.len())
+    }
+
+    /// How many key and value bytes the changes since the copy numbered `previous_number`
+    /// hold (what [`ChangingCopy::changed_since`] yields); `None` as for
+    /// [`ChangingCopy::changes_since`].
+    pub fn changed_bytes(&self, previous_number: u64) -> Option<usize> {
+        self.changes(previous_number).map(|c| c.bytes)
+    }
+
+    /// The changing records written between the beginning of the copy numbered
+    /// `previous_number` (the copy begun just before this one) and this one's, as they were
+    /// when this copy began, in key order: `None` for a key deleted since. Applied to that
+    /// copy's records, they give this copy's ([`ChangingCopy::records`]); a snapshot made of
+    /// layers stores just these. `None` as for [`ChangingCopy::records_since`].
+    pub fn changed_since(
+        &self,
+        previous_number: u64,
+    ) -> Option<impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + '_> {
+        let mut changed: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+            self.changes(previous_number)?.values.iter().collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Some(changed.into_iter().map(|(k, v)| (k.clone(), v.clone())))
     }
 
     fn changes(&self, previous_number: u64) -> Option<&Changes> {
