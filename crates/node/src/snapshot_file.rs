@@ -183,12 +183,8 @@ impl<W: Write> Encoder<W> {
         let (mut count, mut bytes) = (0u64, 0u64);
         for record in records {
             let (k, v) = record.map_err(|e| io::Error::other(e.to_string()))?;
-            self.put(&(k.len() as u32).to_be_bytes())?;
-            self.put(&k)?;
-            self.put(&(v.len() as u32).to_be_bytes())?;
-            self.put(&v)?;
+            bytes += self.put_record(&k, Some(&v))?;
             count += 1;
-            bytes += (k.len() + v.len()) as u64;
         }
         Ok((count, bytes))
     }
@@ -197,19 +193,24 @@ impl<W: Write> Encoder<W> {
     fn changes(&mut self, changes: impl Iterator<Item = Change>) -> io::Result<(u64, u64)> {
         let (mut count, mut bytes) = (0u64, 0u64);
         for (k, v) in changes {
-            self.put(&(k.len() as u32).to_be_bytes())?;
-            self.put(&k)?;
-            match &v {
-                Some(v) => {
-                    self.put(&(v.len() as u32).to_be_bytes())?;
-                    self.put(v)?;
-                }
-                None => self.put(&DELETED.to_be_bytes())?,
-            }
+            bytes += self.put_record(&k, v.as_deref())?;
             count += 1;
-            bytes += (k.len() + v.map_or(0, |v| v.len())) as u64;
         }
         Ok((count, bytes))
+    }
+
+    /// Writes key `k` with value `v` (`None`: deleted, in a layer); returns their bytes.
+    fn put_record(&mut self, k: &[u8], v: Option<&[u8]>) -> io::Result<u64> {
+        self.put(&(k.len() as u32).to_be_bytes())?;
+        self.put(k)?;
+        match v {
+            Some(v) => {
+                self.put(&(v.len() as u32).to_be_bytes())?;
+                self.put(v)?;
+            }
+            None => self.put(&DELETED.to_be_bytes())?,
+        }
+        Ok((k.len() + v.map_or(0, <[u8]>::len)) as u64)
     }
 
     /// Writes the end marker and checksum; returns the writer.
@@ -492,17 +493,16 @@ struct ChainFile {
 impl Chain {
     /// Opens the snapshot file at `path` and the files it layers on.
     pub(crate) fn open(path: &Path) -> io::Result<Chain> {
+        let dir = path.parent().unwrap_or(Path::new("."));
         let mut files = vec![ChainFile::open(path, None)?];
         // Bounded: a chain longer than MAX_LAYERS is refused.
         while let Some(previous) = files.last().and_then(|f| f.reader.previous.clone()) {
-            let newest = &files[0].path;
             if files.len() > MAX_LAYERS {
                 return Err(invalid(
-                    &newest.display().to_string(),
+                    &path.display().to_string(),
                     format!("more than {MAX_LAYERS} layers"),
                 ));
             }
-            let dir = path.parent().unwrap_or(Path::new("."));
             let file = ChainFile::open(&dir.join(&previous.name), Some(&previous.checksum))?;
             files.push(file);
         }
@@ -537,10 +537,9 @@ impl Chain {
 
     /// Bytes of the whole file, and of the layers on it.
     pub(crate) fn sizes(&self) -> (u64, u64) {
-        let (base, layers) = self.files.split_last().map_or((0, 0), |(base, layers)| {
+        self.files.split_last().map_or((0, 0), |(base, layers)| {
             (base.bytes, layers.iter().map(|f| f.bytes).sum())
-        });
-        (base, layers)
+        })
     }
 
     /// Every record of the snapshot, each key once, in no particular order.

@@ -946,9 +946,15 @@ mod tests {
         sm.apply(stream).await.unwrap();
     }
 
+    /// Builds a snapshot; returns its records, sorted.
     async fn build(sm: &mut LedgerStateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
         let snapshot = sm.build_snapshot().await.unwrap();
-        let mut records: Vec<_> = Chain::open(&snapshot.snapshot.path)
+        sorted_records(&snapshot.snapshot.path)
+    }
+
+    /// The records of the snapshot whose newest file is `path`, sorted.
+    fn sorted_records(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut records: Vec<_> = Chain::open(path)
             .unwrap()
             .records()
             .map(Result::unwrap)
@@ -1189,12 +1195,12 @@ mod tests {
         assert_eq!(head(&mut c).await, expected);
 
         // After a restart the layered snapshot is current again and is sent the same.
-        let records = build_records_of_current(&mut a).await;
+        let records = records_of_current(&mut a).await;
         drop(a);
         let mut a = open(a_dir.path(), &net.genesis);
         let current = a.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);
-        assert_eq!(build_records_of_current(&mut a).await, records);
+        assert_eq!(records_of_current(&mut a).await, records);
         assert_eq!(send(current.snapshot).await, bytes);
     }
 
@@ -1212,15 +1218,9 @@ mod tests {
     }
 
     /// The records of `sm`'s current snapshot, sorted.
-    async fn build_records_of_current(sm: &mut LedgerStateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+    async fn records_of_current(sm: &mut LedgerStateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        let mut records: Vec<_> = Chain::open(&current.snapshot.path)
-            .unwrap()
-            .records()
-            .map(Result::unwrap)
-            .collect();
-        records.sort();
-        records
+        sorted_records(&current.snapshot.path)
     }
 
     /// The complete snapshot `sm` would send a peer now: its meta and the file's bytes.
@@ -1229,12 +1229,7 @@ mod tests {
     ) -> (SnapshotMetaOf<TypeConfig>, Vec<u8>) {
         sm.build_snapshot().await.unwrap();
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        let mut rx = snapshot_file::wire_chunks(current.snapshot, 1 << 16);
-        let mut bytes = Vec::new();
-        while let Some(Ok(Some(chunk))) = rx.recv().await {
-            bytes.extend(chunk);
-        }
-        (current.meta, bytes)
+        (current.meta, send(current.snapshot).await)
     }
 
     async fn head(
