@@ -76,7 +76,49 @@ struct Slot {
 }
 
 /// A node position: depth and prefix.
-type Position = (u16, Digest);
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Position {
+    depth: u16,
+    prefix: Digest,
+}
+
+impl Position {
+    fn new(depth: u16, prefix: Digest) -> Position {
+        Position { depth, prefix }
+    }
+
+    /// The bit that tells this position from its sibling: the prefix's last bit (bit
+    /// `depth - 1`); 0 for the root.
+    fn sibling_bit(&self) -> u64 {
+        let Some(last) = self.depth.checked_sub(1) else {
+            return 0;
+        };
+        let last = usize::from(last);
+        let byte = self.prefix.0.get(last / 8).copied().unwrap_or(0);
+        u64::from((byte >> (7 - last % 8)) & 1)
+    }
+
+    /// The prefix's first 64 bits with the sibling bit cleared: the same for both siblings.
+    fn parent_head(&self) -> u64 {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.prefix.0[..8]);
+        let head = u64::from_be_bytes(head);
+        match self.depth.checked_sub(1) {
+            Some(last) if last < 64 => head & !(1u64 << (63 - last)),
+            _ => head,
+        }
+    }
+}
+
+/// Feeds [`PositionHasher`] exactly what it mixes, in its own calls, so the index's bucket
+/// layout does not depend on how std hashes tuples or slices.
+impl std::hash::Hash for Position {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u16(self.depth);
+        state.write_u64(self.parent_head());
+        state.write_u8(self.sibling_bit() as u8);
+    }
+}
 
 /// The newest version of every position written.
 type Index = HashMap<Position, Slot, PositionHashing>;
@@ -118,8 +160,8 @@ impl std::hash::BuildHasher for PositionHashing {
     }
 }
 
-/// See [`PositionHashing`]. Fed as `Position`'s `Hash` feeds a hasher: the depth
-/// (`write_u16`), the prefix's length, then its bytes (`write`).
+/// See [`PositionHashing`]. Fed by [`Position`]'s `Hash`: the depth (`write_u16`), the
+/// parent's head (`write_u64`), then the sibling bit (`write_u8`).
 struct PositionHasher {
     seed: u64,
     depth: u16,
@@ -132,26 +174,21 @@ impl std::hash::Hasher for PositionHasher {
         self.depth = depth;
     }
 
-    /// The prefix's length: always 32.
-    fn write_usize(&mut self, _: usize) {}
+    fn write_u64(&mut self, head: u64) {
+        self.head = head;
+    }
 
+    fn write_u8(&mut self, sibling_bit: u8) {
+        self.sibling_bit = u64::from(sibling_bit & 1);
+    }
+
+    /// Not called by [`Position`]; folds anything else in so the hasher stays a hasher.
     fn write(&mut self, bytes: &[u8]) {
-        let mut head = [0u8; 8];
-        for (to, from) in head.iter_mut().zip(bytes) {
-            *to = *from;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.head = self.head.rotate_left(29) ^ u64::from_be_bytes(word);
         }
-        let mut head = u64::from_be_bytes(head);
-        if let Some(last) = self.depth.checked_sub(1) {
-            // The position's last bit tells it from its sibling: kept out of the mix and put
-            // in the hash's lowest bit instead.
-            let last = usize::from(last);
-            let byte = bytes.get(last / 8).copied().unwrap_or(0);
-            self.sibling_bit = u64::from((byte >> (7 - last % 8)) & 1);
-            if last < 64 {
-                head &= !(1u64 << (63 - last));
-            }
-        }
-        self.head ^= head;
     }
 
     fn finish(&self) -> u64 {
@@ -354,7 +391,7 @@ impl MapFile {
                 break;
             }
             state.newest.insert(
-                (record.depth, record.prefix),
+                Position::new(record.depth, record.prefix),
                 Slot {
                     record: state.written,
                     version: record.version,
@@ -700,9 +737,8 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 }
 
 fn encode_slot(position: Position, slot: &Slot, out: &mut [u8; SLOT_BYTES]) {
-    let (depth, prefix) = position;
-    out[0..2].copy_from_slice(&depth.to_be_bytes());
-    out[2..34].copy_from_slice(prefix.as_bytes());
+    out[0..2].copy_from_slice(&position.depth.to_be_bytes());
+    out[2..34].copy_from_slice(position.prefix.as_bytes());
     out[34..42].copy_from_slice(&slot.record.to_be_bytes());
     out[42..50].copy_from_slice(&slot.version.to_be_bytes());
     out[50..58].copy_from_slice(&slot.prev.to_be_bytes());
@@ -721,7 +757,7 @@ fn decode_slot(b: &[u8], records: std::ops::Range<u64>) -> Option<(Position, Slo
     if !records.contains(&slot.record) || (slot.prev != NONE && slot.prev >= slot.record) {
         return None;
     }
-    let position = (
+    let position = Position::new(
         u16::from_be_bytes([*b.first()?, *b.get(1)?]),
         Digest::from_slice(b.get(2..34)?)?,
     );
@@ -824,7 +860,7 @@ fn next_segment<'a>(
 impl MapNodeStore for MapFile {
     fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
         let state = self.state().ok()?;
-        let slot = *state.newest.get(&(depth, *prefix))?;
+        let slot = *state.newest.get(&Position::new(depth, *prefix))?;
         if slot.version <= version {
             return slot.node;
         }
@@ -854,7 +890,7 @@ impl MapNodeStore for MapFile {
         let record_no = state.written + state.staged.len() as u64;
         // One lookup for the check and the write: the index is large and its lookups miss
         // the caches.
-        let position = state.newest.entry((depth, *prefix));
+        let position = state.newest.entry(Position::new(depth, *prefix));
         let prev = match &position {
             Entry::Vacant(_) => NONE,
             // The same version written again (several keys changed at one version) replaces
@@ -908,7 +944,7 @@ mod tests {
     fn siblings_hash_to_neighbouring_buckets() {
         use std::hash::BuildHasher;
         let hashing = PositionHashing::default();
-        let hash = |depth: u16, prefix: &Digest| hashing.hash_one((depth, *prefix));
+        let hash = |depth: u16, prefix: &Digest| hashing.hash_one(Position::new(depth, *prefix));
         let mut parents = std::collections::HashMap::new();
         for n in 0..200u64 {
             for depth in [1u16, 2, 7, 8, 9, 63, 64, 65, 100, 255, 256] {
@@ -933,8 +969,8 @@ mod tests {
         let other = PositionHashing::default();
         let prefix = wasteledger_core::map::prefix_of(&d(1), 12);
         assert_ne!(
-            other.hash_one((12u16, prefix)),
-            hashing.hash_one((12u16, prefix))
+            other.hash_one(Position::new(12, prefix)),
+            hashing.hash_one(Position::new(12, prefix))
         );
     }
 
