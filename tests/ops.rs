@@ -684,9 +684,9 @@ async fn a_replica_without_a_witness_key_catches_up_and_serves_verifiable_proofs
         .expect("the three witnesses agree");
 
     let deadline = Instant::now() + LONG;
-    // A build from the previous snapshot writes a layer, or a whole file once the layers
-    // outgrow it: either way not a scan of the store.
-    while !["\"incremental\"", "\"layer\""]
+    // A build from the previous snapshot writes a layer (which may take in the layers below
+    // it), or a whole file once the layers outgrow it: either way not a scan of the store.
+    while !["\"incremental\"", "\"layer\"", "\"folded layer\""]
         .iter()
         .any(|kind| cluster.logs(leader).contains(kind))
     {

@@ -189,12 +189,24 @@ impl<W: Write> Encoder<W> {
         Ok((count, bytes))
     }
 
-    /// Writes a layer's `changes`; returns how many and their key + value bytes.
-    fn changes(&mut self, changes: impl Iterator<Item = Change>) -> io::Result<(u64, u64)> {
+    /// Writes a layer's `changes`, which must come in strictly increasing key order (layers
+    /// are merged by key, [`MergedChanges`]); returns how many and their key + value bytes.
+    fn changes(
+        &mut self,
+        changes: impl Iterator<Item = io::Result<Change>>,
+    ) -> io::Result<(u64, u64)> {
         let (mut count, mut bytes) = (0u64, 0u64);
-        for (k, v) in changes {
+        let mut last: Option<Vec<u8>> = None;
+        for change in changes {
+            let (k, v) = change?;
+            if last.as_ref().is_some_and(|last| k <= *last) {
+                return Err(io::Error::other(
+                    "a layer's changes must come in strictly increasing key order",
+                ));
+            }
             bytes += self.put_record(&k, v.as_deref())?;
             count += 1;
+            last = Some(k);
         }
         Ok((count, bytes))
     }
@@ -283,10 +295,11 @@ impl SnapshotWriter {
         self.encoder.records(records)
     }
 
-    /// Writes a layer's changes; returns how many and their key + value bytes.
+    /// Writes a layer's changes, in strictly increasing key order; returns how many and
+    /// their key + value bytes.
     pub(crate) fn changes(
         &mut self,
-        changes: impl Iterator<Item = Change>,
+        changes: impl Iterator<Item = io::Result<Change>>,
     ) -> io::Result<(u64, u64)> {
         self.encoder.changes(changes)
     }
@@ -526,6 +539,7 @@ impl Chain {
     }
 
     /// The files, newest first.
+    #[cfg(test)]
     pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|f| f.path.as_path())
     }
@@ -540,6 +554,46 @@ impl Chain {
         self.files.split_last().map_or((0, 0), |(base, layers)| {
             (base.bytes, layers.iter().map(|f| f.bytes).sum())
         })
+    }
+
+    /// Bytes of each layer, newest first.
+    pub(crate) fn layer_sizes(&self) -> Vec<u64> {
+        let layers = self.files.len().saturating_sub(1);
+        self.files[..layers].iter().map(|f| f.bytes).collect()
+    }
+
+    /// Folds the newest `count` layers (at most all of them) under `newer`, changes newer
+    /// than every file of the chain in strictly increasing key order: returns the file the
+    /// folded changes lie on (a new layer on it stands for the same snapshot as a layer of
+    /// `newer` on this chain's newest file), the chain's files from that one down, and the
+    /// folded changes, in key order, a key's newest change winning, deletions kept (the
+    /// files below may hold the key).
+    pub(crate) fn fold_newest<'a>(
+        self,
+        count: usize,
+        newer: impl Iterator<Item = Change> + 'a,
+    ) -> io::Result<(PathBuf, Vec<PathBuf>, MergedChanges<'a>)> {
+        let count = count.min(self.layers());
+        let mut files = self.files;
+        let below = files.split_off(count);
+        let onto = below
+            .first()
+            .map(|f| f.path.clone())
+            .ok_or_else(|| io::Error::other("a chain holds at least its whole file"))?;
+        let kept = below.into_iter().map(|f| f.path).collect();
+        let mut sources = vec![MergeSource::new(
+            "the changes since the newest file".to_owned(),
+            Box::new(newer.map(Ok)),
+        )?];
+        for file in files {
+            let origin = file.path.display().to_string();
+            let mut reader = file.reader;
+            sources.push(MergeSource::new(
+                origin,
+                Box::new(std::iter::from_fn(move || reader.next_or_end())),
+            )?);
+        }
+        Ok((onto, kept, MergedChanges { sources }))
     }
 
     /// Every record of the snapshot, each key once, in no particular order.
@@ -613,6 +667,97 @@ impl Iterator for ChainRecords {
                 return Some(Ok((key, value)));
             }
         }
+    }
+}
+
+/// How many of a chain's newest layers (`layer_sizes`, bytes, newest first) a new layer of
+/// about `estimate` bytes should take in ([`Chain::fold_newest`]).
+///
+/// A layer takes in the layer below it while that one is at most twice what it holds so far,
+/// and always enough of them to keep the chain within [`MAX_LAYERS`]. Layer sizes then grow
+/// geometrically from the newest down, so a record is rewritten a logarithmic number of times
+/// before the layers add up to their whole file and the next build rewrites that; with a
+/// plain bound on the number of layers, every few builds rewrote the whole file, whose size
+/// grows with history.
+pub(crate) fn layers_to_fold(layer_sizes: &[u64], estimate: u64) -> usize {
+    let mut folded = 0;
+    let mut bytes = estimate;
+    while let Some(&next) = layer_sizes.get(folded) {
+        let too_many = layer_sizes.len() - folded + 1 > MAX_LAYERS;
+        if next > bytes.saturating_mul(2) && !too_many {
+            break;
+        }
+        bytes = bytes.saturating_add(next);
+        folded += 1;
+    }
+    folded
+}
+
+/// One input of [`MergedChanges`], with its next change read ahead.
+struct MergeSource<'a> {
+    origin: String,
+    changes: Box<dyn Iterator<Item = io::Result<Change>> + 'a>,
+    head: Option<Change>,
+}
+
+impl<'a> MergeSource<'a> {
+    fn new(
+        origin: String,
+        changes: Box<dyn Iterator<Item = io::Result<Change>> + 'a>,
+    ) -> io::Result<MergeSource<'a>> {
+        let mut source = MergeSource {
+            origin,
+            changes,
+            head: None,
+        };
+        source.advance()?;
+        Ok(source)
+    }
+
+    /// Returns the change read ahead and reads the next, which must have a greater key.
+    fn advance(&mut self) -> io::Result<Option<Change>> {
+        let next = self.changes.next().transpose()?;
+        if let (Some((before, _)), Some((after, _))) = (&self.head, &next)
+            && after <= before
+        {
+            return Err(invalid(&self.origin, "changes out of key order"));
+        }
+        Ok(std::mem::replace(&mut self.head, next))
+    }
+}
+
+/// Changes from several sources in strictly increasing key order merged into one stream in
+/// key order, each key once, from the newest source that holds it ([`Chain::fold_newest`]).
+/// Streams: it holds one change per source, whatever the layers' size.
+pub(crate) struct MergedChanges<'a> {
+    /// Newest first.
+    sources: Vec<MergeSource<'a>>,
+}
+
+impl Iterator for MergedChanges<'_> {
+    type Item = io::Result<Change>;
+
+    fn next(&mut self) -> Option<io::Result<Change>> {
+        let key = self
+            .sources
+            .iter()
+            .filter_map(|s| s.head.as_ref().map(|(k, _)| k))
+            .min()?
+            .clone();
+        let mut newest = None;
+        for source in &mut self.sources {
+            if source.head.as_ref().is_some_and(|(k, _)| *k == key) {
+                match source.advance() {
+                    Ok(change) => newest = newest.or(change),
+                    Err(e) => {
+                        // Ends the stream: every source is dropped.
+                        self.sources.clear();
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        newest.map(Ok)
     }
 }
 
@@ -868,7 +1013,7 @@ mod tests {
 
     fn write_layer(dir: &Path, header: &SnapshotHeader, on: &Path, changes: &[Change]) -> PathBuf {
         let mut w = SnapshotWriter::create_layer(dir, header, on).unwrap();
-        w.changes(changes.iter().cloned()).unwrap();
+        w.changes(changes.iter().cloned().map(Ok)).unwrap();
         w.finish().unwrap()
     }
 
@@ -889,9 +1034,9 @@ mod tests {
             &header_at(20, 9),
             &base,
             &[
+                (b"added".to_vec(), Some(b"a".to_vec())),
                 (vec![b'k', 1], Some(b"new".to_vec())),
                 (vec![b'k', 2], None),
-                (b"added".to_vec(), Some(b"a".to_vec())),
             ],
         );
         let second = write_layer(
@@ -899,8 +1044,8 @@ mod tests {
             &header_at(30, 12),
             &first,
             &[
-                (vec![b'k', 1], None),
                 (b"added".to_vec(), Some(b"b".to_vec())),
+                (vec![b'k', 1], None),
                 (vec![b'k', 2], Some(b"back".to_vec())),
             ],
         );
@@ -1017,8 +1162,14 @@ mod tests {
                     proptest::option::of(proptest::collection::vec(0u8..=255, 0..6)),
                     0..12,
                 ),
-                0..=MAX_LAYERS,
+                0..MAX_LAYERS,
             ),
+            newer in proptest::collection::btree_map(
+                0u8..32,
+                proptest::option::of(proptest::collection::vec(0u8..=255, 0..6)),
+                0..12,
+            ),
+            fold in 0usize..=MAX_LAYERS,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let key = |k: u8| vec![b'k', k];
@@ -1037,9 +1188,105 @@ mod tests {
                     };
                 }
             }
-            let expected: Vec<Record> = model.into_iter().collect();
+            let expected: Vec<Record> = model.clone().into_iter().collect();
             proptest::prop_assert_eq!(chain_records(&newest).unwrap(), expected);
+
+            // Folding the newest layers under new changes stands for the same snapshot as a
+            // layer of the new changes on the newest file.
+            let newer: Vec<Change> = newer.iter().map(|(k, v)| (key(*k), v.clone())).collect();
+            for (k, v) in &newer {
+                match v {
+                    Some(v) => model.insert(k.clone(), v.clone()),
+                    None => model.remove(k),
+                };
+            }
+            let chain = Chain::open(&newest).unwrap();
+            let paths: Vec<PathBuf> = chain.paths().map(Path::to_owned).collect();
+            let fold = fold.min(chain.layers());
+            let (onto, kept, merged) = chain.fold_newest(fold, newer.into_iter()).unwrap();
+            proptest::prop_assert_eq!(&onto, &paths[fold]);
+            proptest::prop_assert_eq!(&kept, &paths[fold..].to_vec());
+            let index = 2 + layers.len() as u64;
+            let mut w = SnapshotWriter::create_layer(dir.path(), &header_at(index, 1), &onto).unwrap();
+            w.changes(merged).unwrap();
+            let folded = w.finish().unwrap();
+            let chain = Chain::open(&folded).unwrap();
+            proptest::prop_assert_eq!(chain.layers(), paths.len() - fold);
+            let expected: Vec<Record> = model.into_iter().collect();
+            proptest::prop_assert_eq!(chain_records(&folded).unwrap(), expected);
         }
+    }
+
+    /// However many builds of about the same size, the chain stays within [`MAX_LAYERS`], and
+    /// the bytes written (each build writes the layers it takes in again) stay within a
+    /// logarithmic factor of the changes: a change is rewritten about log2(builds) times.
+    #[test]
+    fn folding_keeps_chains_short_and_rewrites_logarithmic() {
+        for estimate in [1u64, 1_000, 12_000_000] {
+            let mut layers: Vec<u64> = Vec::new(); // newest first
+            let mut written = 0u64;
+            let builds = 5_000u64;
+            for _ in 0..builds {
+                let fold = layers_to_fold(&layers, estimate);
+                let size = estimate + layers.drain(..fold).sum::<u64>();
+                written += size;
+                layers.insert(0, size);
+                assert!(layers.len() <= MAX_LAYERS, "{layers:?}");
+                assert!(
+                    layers.windows(2).all(|w| w[0] <= w[1] * 2),
+                    "layer sizes must not grow towards the newest: {layers:?}"
+                );
+            }
+            let rewrites = written as f64 / (estimate * builds) as f64;
+            let log = (builds as f64).log2();
+            assert!(
+                rewrites <= log + 1.0,
+                "{rewrites} rewrites per change, log2 = {log}"
+            );
+        }
+        // A single small layer above a large one is not taken in; too many layers are.
+        assert_eq!(layers_to_fold(&[100], 10), 0);
+        assert_eq!(layers_to_fold(&[20, 100], 10), 1);
+        assert_eq!(layers_to_fold(&[1_000; MAX_LAYERS], 1), MAX_LAYERS);
+        let geometric: Vec<u64> = (0..MAX_LAYERS as u32).map(|i| 10 * 16u64.pow(i)).collect();
+        assert_eq!(layers_to_fold(&geometric, 1), 1);
+        assert_eq!(layers_to_fold(&geometric[1..], 1), 0);
+        assert_eq!(layers_to_fold(&[], 10), 0);
+    }
+
+    #[test]
+    fn folding_refuses_layers_out_of_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), &header_at(10, 5), &records(3));
+        let mut w = SnapshotWriter::create_layer(dir.path(), &header_at(20, 5), &base).unwrap();
+        let unordered = [(vec![b'k', 2], None), (vec![b'k', 1], None)];
+        assert!(w.changes(unordered.into_iter().map(Ok)).is_err());
+
+        // A layer written out of order by hand (as an older build could have) is found out
+        // when it is folded, and nothing is written from it.
+        let mut bytes = fs::read(write_layer(dir.path(), &header_at(20, 5), &base, &[])).unwrap();
+        let end = bytes.len() - 36;
+        bytes.truncate(end);
+        for k in [2u8, 1] {
+            bytes.extend(2u32.to_be_bytes());
+            bytes.extend([b'k', k]);
+            bytes.extend(DELETED.to_be_bytes());
+        }
+        bytes.extend(END_OF_RECORDS.to_be_bytes());
+        let sum = blake3::hash(&bytes);
+        bytes.extend(sum.as_bytes());
+        let layer = dir.path().join(file_name(&header_at(20, 5).meta));
+        fs::write(&layer, &bytes).unwrap();
+        assert_eq!(Chain::open(&layer).unwrap().layers(), 1);
+        let (_, _, merged) = Chain::open(&layer)
+            .unwrap()
+            .fold_newest(1, std::iter::empty())
+            .unwrap();
+        let read: Vec<io::Result<Change>> = merged.collect();
+        assert!(
+            read.last().unwrap().is_err(),
+            "an unordered layer was folded"
+        );
     }
 
     /// A store holding the sample network's registrations, and its settled history.

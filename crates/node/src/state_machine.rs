@@ -501,22 +501,25 @@ struct WrittenSnapshot {
     chain: Vec<PathBuf>,
     /// How many records (or changes, for a layer) and their key + value bytes.
     records: (u64, u64),
-    /// How it was made, for the build log: `layer`, `incremental` (a whole file from the
-    /// previous snapshot's records and the changes since) or `full` (a scan of the store).
+    /// How it was made, for the build log: `layer`, `folded layer` (a layer that took in the
+    /// newest layers below it), `incremental` (a whole file from the previous snapshot's
+    /// records and the changes since) or `full` (a scan of the store).
     kind: &'static str,
 }
 
 /// Writes the snapshot of `copy` described by `header` into `dir`, durably. From the previous
 /// snapshot (`previous`: its file, and the number of the copy it was built from) when the
-/// store kept every change since that copy: as a layer holding only those changes while the
-/// layers stay fewer than [`snapshot_file::MAX_LAYERS`] and smaller together than the whole
-/// file below them, otherwise as a whole file made of the previous snapshot's records and the
-/// changes. Otherwise (the first build since start-up or an install, or a previous snapshot
-/// that cannot be read) by a scan of every changing record.
+/// store kept every change since that copy: as a layer holding those changes while the layers
+/// stay smaller together than the whole file below them (taking in the newest layers that are
+/// not much larger than it, [`snapshot_file::layers_to_fold`]), otherwise as a whole file made
+/// of the previous snapshot's records and the changes. Otherwise (the first build since
+/// start-up or an install, or a previous snapshot that cannot be read, or a layer that could
+/// not be written) by a scan of every changing record.
 ///
-/// Layers keep a snapshot's cost to what changed since the last one: a whole file is
-/// rewritten only once the layers add up to its size, so the bytes written per snapshot stay
-/// about three times the changes, however long the history.
+/// Layers keep a snapshot's cost near what changed since the last one: a change is rewritten
+/// by a logarithmic number of folds, and the whole file only once the layers add up to its
+/// size, so the bytes written per snapshot grow with the logarithm of the history, not with
+/// the history.
 fn write_own_snapshot(
     dir: &Path,
     header: &SnapshotHeader,
@@ -545,24 +548,21 @@ fn write_own_snapshot(
         let (base_bytes, layer_bytes) = chain.sizes();
         // Each change adds its two lengths to its bytes.
         let estimate = (bytes + 8 * count) as u64;
-        let layer = chain.layers() < snapshot_file::MAX_LAYERS
-            && layer_bytes + estimate <= base_bytes
+        // Layers until they add up to the whole file below them: past that, reading the chain
+        // would cost more than the file it saves rewriting.
+        let layer = layer_bytes + estimate <= base_bytes
             && chain.header().omitted_below > 0
             && dir.join(snapshot_file::file_name(&header.meta)) != path;
         if layer && let Some(changes) = copy.changed_since(number) {
-            let mut writer = SnapshotWriter::create_layer(dir, header, &path)?;
-            let records = writer.changes(changes)?;
-            let new = writer.finish()?;
-            let mut files = vec![new.clone()];
-            files.extend(chain.paths().map(Path::to_owned));
-            return Ok(WrittenSnapshot {
-                path: new,
-                chain: files,
-                records,
-                kind: "layer",
-            });
-        }
-        if let Some(records) = copy.records_since(number, chain.records()) {
+            let fold = snapshot_file::layers_to_fold(&chain.layer_sizes(), estimate);
+            match write_layer(dir, header, chain, fold, changes) {
+                Ok(written) => return Ok(written),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "building a layer on the previous snapshot failed; copying every record instead"
+                ),
+            }
+        } else if let Some(records) = copy.records_since(number, chain.records()) {
             let mut writer = SnapshotWriter::create(dir, header)?;
             match writer.records(records) {
                 Ok(records) => return Ok(whole(writer.finish()?, records, "incremental")),
@@ -576,6 +576,29 @@ fn write_own_snapshot(
     let mut writer = SnapshotWriter::create(dir, header)?;
     let records = writer.records(copy.records())?;
     Ok(whole(writer.finish()?, records, "full"))
+}
+
+/// Writes `changes` (since `chain`'s newest file, in key order) as a layer, taking in the
+/// newest `fold` layers of `chain` ([`snapshot_file::layers_to_fold`]).
+fn write_layer(
+    dir: &Path,
+    header: &SnapshotHeader,
+    chain: Chain,
+    fold: usize,
+    changes: impl Iterator<Item = snapshot_file::Change>,
+) -> io::Result<WrittenSnapshot> {
+    let (onto, below, merged) = chain.fold_newest(fold, changes)?;
+    let mut writer = SnapshotWriter::create_layer(dir, header, &onto)?;
+    let records = writer.changes(merged)?;
+    let new = writer.finish()?;
+    let mut files = vec![new.clone()];
+    files.extend(below);
+    Ok(WrittenSnapshot {
+        path: new,
+        chain: files,
+        records,
+        kind: if fold == 0 { "layer" } else { "folded layer" },
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for LedgerStateMachine {
@@ -1129,7 +1152,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshots_are_layered_until_the_layers_outgrow_their_base() {
         let net = SampleNetwork::new().unwrap();
-        let all = entries(&net, 120);
+        let all = entries(&net, 240);
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = open(a_dir.path(), &net.genesis);
         let base = net.registrations().len() + 80;
@@ -1168,8 +1191,16 @@ mod tests {
             drop(b);
             assert_ne!(built, first);
         }
-        // Layers were written, and at least once a whole file replaced them.
+        // Layers were written, some took in the layers below them (the chain did not grow),
+        // and once they added up to the whole file a whole file replaced them.
         assert!(kinds.iter().any(|&n| n > 0), "{kinds:?}");
+        assert!(
+            kinds
+                .windows(2)
+                .any(|w| w[0] > 0 && (1..=w[0]).contains(&w[1])),
+            "no layer was folded: {kinds:?}"
+        );
+        assert!(kinds.iter().all(|&n| n <= snapshot_file::MAX_LAYERS));
         assert!(
             kinds.windows(2).any(|w| w[1] == 0 && w[0] > 0),
             "never compacted: {kinds:?}"
@@ -1177,7 +1208,7 @@ mod tests {
 
         // Sent to a peer, a layered snapshot is the complete snapshot a whole file gives.
         if kinds.last() == Some(&0) {
-            let more = entries(&net, 122).split_off(all.len());
+            let more = entries(&net, 242).split_off(all.len());
             apply(&mut a, &more).await;
             build(&mut a).await;
         }
