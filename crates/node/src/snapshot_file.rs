@@ -673,18 +673,20 @@ impl Iterator for ChainRecords {
 /// How many of a chain's newest layers (`layer_sizes`, bytes, newest first) a new layer of
 /// about `estimate` bytes should take in ([`Chain::fold_newest`]).
 ///
-/// A layer takes in the layer below it while that one is at most twice what it holds so far,
-/// and always enough of them to keep the chain within [`MAX_LAYERS`]. Layer sizes then grow
-/// geometrically from the newest down, so a record is rewritten a logarithmic number of times
-/// before the layers add up to their whole file and the next build rewrites that; with a
-/// plain bound on the number of layers, every few builds rewrote the whole file, whose size
-/// grows with history.
+/// A layer takes in the layer below it while that one holds no more than it does so far, and
+/// always enough of them to keep the chain within [`MAX_LAYERS`]: a binary counter, so layer
+/// sizes at least double from the newest down and a change is rewritten at most about
+/// log2(builds) times before the layers add up to their whole file and the next build
+/// rewrites that. With a plain bound on the number of layers, every few builds rewrote the
+/// whole file, whose size grows with history. (Folding a layer twice the size, tried first,
+/// rewrote more; folding only when the bound forces it makes the newest layer grow by every
+/// build once the bound is reached, i.e. quadratic rewriting.)
 pub(crate) fn layers_to_fold(layer_sizes: &[u64], estimate: u64) -> usize {
     let mut folded = 0;
     let mut bytes = estimate;
     while let Some(&next) = layer_sizes.get(folded) {
         let too_many = layer_sizes.len() - folded + 1 > MAX_LAYERS;
-        if next > bytes.saturating_mul(2) && !too_many {
+        if next > bytes && !too_many {
             break;
         }
         bytes = bytes.saturating_add(next);
@@ -1233,8 +1235,8 @@ mod tests {
                 layers.insert(0, size);
                 assert!(layers.len() <= MAX_LAYERS, "{layers:?}");
                 assert!(
-                    layers.windows(2).all(|w| w[0] <= w[1] * 2),
-                    "layer sizes must not grow towards the newest: {layers:?}"
+                    layers.windows(2).all(|w| w[0] < w[1]),
+                    "layer sizes must shrink towards the newest: {layers:?}"
                 );
             }
             let rewrites = written as f64 / (estimate * builds) as f64;
@@ -1246,7 +1248,9 @@ mod tests {
         }
         // A single small layer above a large one is not taken in; too many layers are.
         assert_eq!(layers_to_fold(&[100], 10), 0);
-        assert_eq!(layers_to_fold(&[20, 100], 10), 1);
+        assert_eq!(layers_to_fold(&[20, 100], 10), 0);
+        assert_eq!(layers_to_fold(&[10, 100], 10), 1);
+        assert_eq!(layers_to_fold(&[10, 20, 100], 10), 2);
         assert_eq!(layers_to_fold(&[1_000; MAX_LAYERS], 1), MAX_LAYERS);
         let geometric: Vec<u64> = (0..MAX_LAYERS as u32).map(|i| 10 * 16u64.pow(i)).collect();
         assert_eq!(layers_to_fold(&geometric, 1), 1);

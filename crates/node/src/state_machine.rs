@@ -510,8 +510,8 @@ struct WrittenSnapshot {
 /// Writes the snapshot of `copy` described by `header` into `dir`, durably. From the previous
 /// snapshot (`previous`: its file, and the number of the copy it was built from) when the
 /// store kept every change since that copy: as a layer holding those changes while the layers
-/// stay smaller together than the whole file below them (taking in the newest layers that are
-/// not much larger than it, [`snapshot_file::layers_to_fold`]), otherwise as a whole file made
+/// stay smaller together than the whole file below them (taking in the newest layers that hold
+/// no more than it, [`snapshot_file::layers_to_fold`]), otherwise as a whole file made
 /// of the previous snapshot's records and the changes. Otherwise (the first build since
 /// start-up or an install, or a previous snapshot that cannot be read, or a layer that could
 /// not be written) by a scan of every changing record.
