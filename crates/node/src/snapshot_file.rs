@@ -1221,7 +1221,8 @@ mod tests {
 
     /// However many builds of about the same size, the chain stays within [`MAX_LAYERS`], and
     /// the bytes written (each build writes the layers it takes in again) stay within a
-    /// logarithmic factor of the changes: a change is rewritten about log2(builds) times.
+    /// logarithmic factor of the changes: a change is rewritten at most about log2(builds)
+    /// times.
     #[test]
     fn folding_keeps_chains_short_and_rewrites_logarithmic() {
         for estimate in [1u64, 1_000, 12_000_000] {
