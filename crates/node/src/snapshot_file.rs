@@ -20,7 +20,7 @@
 //! snapshots and are still read.
 //!
 //! A *layer* holds only what changed since the snapshot file it names (its *previous*), so a
-//! node's snapshot can be a chain: a whole file (the *base*) and up to [`MAX_LAYERS`] layers
+//! node's snapshot can be a chain: a whole file (the *base*) and up to `MAX_LAYERS` layers
 //! on it. Rewriting the whole file at every snapshot cost a pass over every changing record
 //! (each manifest's state, the status index: ~115 bytes per event, read, hashed and written
 //! again on every node), which grew with history; a layer costs what changed since the last
@@ -28,8 +28,10 @@
 //! length ‖ the previous file's name (in the same directory) ‖ the previous file's checksum
 //! (its last 32 bytes) ‖ changes (u32 key length ‖ key ‖ u32 value length ‖ value, or u32
 //! 0xFFFFFFFF for a key deleted since)* ‖ u32 0xFFFFFFFF ‖ blake3 of every preceding byte
-//! (32). A [`Chain`] reads the records of the snapshot a layer stands for; a layer is never
-//! sent or installed as it is.
+//! (32). A `Chain` reads the records of the snapshot a layer stands for; a layer is never
+//! sent or installed as it is. Changes are written in strictly increasing key order, so a
+//! new layer can take in the newest layers below it by a streaming merge (`layers_to_fold`
+//! picks them: those no larger than it, as in a binary counter).
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -27,7 +27,7 @@ pub(crate) const EXAMPLES: &str = "Examples (with WASTELEDGER_NODE and WASTELEDG
   wasteledger manifest receive cn:20261502000101 --key facility.key --line 1:8.52:t:1 --line 2:1790:kg:12
   wasteledger manifest list --party GEN-BT-STEEL --status in-transit --output json";
 
-/// Line quantities: LINE:AMOUNT:UNIT[:CONTAINERS].
+/// Line quantities: `LINE:AMOUNT:UNIT[:CONTAINERS]`.
 const LINE_HELP: &str = "LINE:AMOUNT:UNIT[:CONTAINERS], e.g. 1:8.52:t:1 (units: kg, t, lb, ton, l, gal, m3, yd3 or EPA letters K M P T L G N Y)";
 
 #[derive(Subcommand)]
