@@ -553,15 +553,15 @@ impl Chain {
 
     /// Bytes of the whole file, and of the layers on it.
     pub(crate) fn sizes(&self) -> (u64, u64) {
-        self.files.split_last().map_or((0, 0), |(base, layers)| {
-            (base.bytes, layers.iter().map(|f| f.bytes).sum())
-        })
+        let base = self.files.last().map_or(0, |f| f.bytes);
+        (base, self.layer_sizes().iter().sum())
     }
 
     /// Bytes of each layer, newest first.
     pub(crate) fn layer_sizes(&self) -> Vec<u64> {
-        let layers = self.files.len().saturating_sub(1);
-        self.files[..layers].iter().map(|f| f.bytes).collect()
+        self.files.split_last().map_or(Vec::new(), |(_, layers)| {
+            layers.iter().map(|f| f.bytes).collect()
+        })
     }
 
     /// Folds the newest `count` layers (at most all of them) under `newer`, changes newer
