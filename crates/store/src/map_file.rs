@@ -857,9 +857,9 @@ fn next_segment<'a>(
     ))
 }
 
-impl MapNodeStore for MapFile {
-    fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
-        let state = self.state().ok()?;
+impl MapFile {
+    /// [`MapNodeStore::get`] with the state already locked.
+    fn get_in(&self, state: &State, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
         let slot = *state.newest.get(&Position::new(depth, *prefix))?;
         if slot.version <= version {
             return slot.node;
@@ -869,7 +869,7 @@ impl MapNodeStore for MapFile {
         let mut at = slot.prev;
         while at != NONE {
             // A damaged record reads as a missing node, which the map reports as corruption.
-            let record = self.read_record(&state, at)?;
+            let record = self.read_record(state, at)?;
             let wrong_position = (record.depth, record.prefix) != (depth, *prefix);
             if wrong_position || (record.prev != NONE && record.prev >= at) {
                 return None;
@@ -881,47 +881,85 @@ impl MapNodeStore for MapFile {
         }
         None
     }
+}
+
+/// [`MapNodeStore::put`] with the state already locked.
+fn put_in(state: &mut State, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
+    let record_no = state.written + state.staged.len() as u64;
+    // One lookup for the check and the write: the index is large and its lookups miss
+    // the caches.
+    let position = state.newest.entry(Position::new(depth, *prefix));
+    let prev = match &position {
+        Entry::Vacant(_) => NONE,
+        // The same version written again (several keys changed at one version) replaces
+        // the earlier write: the new record skips it.
+        Entry::Occupied(slot) if slot.get().version == version => slot.get().prev,
+        Entry::Occupied(slot) if slot.get().version < version => slot.get().record,
+        Entry::Occupied(slot) => {
+            // The map never writes behind a position's newest version; a file that did
+            // would no longer be a version index, so refuse to commit it.
+            state.broken = Some(format!(
+                "map node at depth {depth} written at version {version}, behind version {}",
+                slot.get().version
+            ));
+            return;
+        }
+    };
+    let slot = Slot {
+        record: record_no,
+        version,
+        prev,
+        node,
+    };
+    *position.or_insert(slot) = slot;
+    let record = Record {
+        depth,
+        prefix: *prefix,
+        version,
+        prev,
+        node,
+    };
+    state.staged.push(record.encode());
+}
+
+/// The batched calls take the state's lock once for all their positions (see
+/// [`MapNodeStore::get_many`]): a walk down a path of a large map is a chain of cache misses in
+/// the position index, and a lock between two lookups keeps their misses from overlapping.
+impl MapNodeStore for MapFile {
+    fn get(&self, depth: u16, prefix: &Digest, version: u64) -> Option<MapNode> {
+        let state = self.state().ok()?;
+        self.get_in(&state, depth, prefix, version)
+    }
 
     fn put(&mut self, depth: u16, prefix: &Digest, version: u64, node: Option<MapNode>) {
-        let Ok(mut state) = self.state() else {
+        if let Ok(mut state) = self.state() {
+            put_in(&mut state, depth, prefix, version, node);
+        }
+    }
+
+    fn get_many(
+        &self,
+        positions: &[(u16, Digest)],
+        version: u64,
+        found: &mut Vec<Option<MapNode>>,
+    ) {
+        // A poisoned lock answers nothing, which the map reports as an inconsistent store.
+        let Ok(state) = self.state() else {
             return;
         };
-        let state = &mut *state;
-        let record_no = state.written + state.staged.len() as u64;
-        // One lookup for the check and the write: the index is large and its lookups miss
-        // the caches.
-        let position = state.newest.entry(Position::new(depth, *prefix));
-        let prev = match &position {
-            Entry::Vacant(_) => NONE,
-            // The same version written again (several keys changed at one version) replaces
-            // the earlier write: the new record skips it.
-            Entry::Occupied(slot) if slot.get().version == version => slot.get().prev,
-            Entry::Occupied(slot) if slot.get().version < version => slot.get().record,
-            Entry::Occupied(slot) => {
-                // The map never writes behind a position's newest version; a file that did
-                // would no longer be a version index, so refuse to commit it.
-                state.broken = Some(format!(
-                    "map node at depth {depth} written at version {version}, behind version {}",
-                    slot.get().version
-                ));
-                return;
+        found.extend(
+            positions
+                .iter()
+                .map(|(depth, prefix)| self.get_in(&state, *depth, prefix, version)),
+        );
+    }
+
+    fn put_many(&mut self, writes: &[(u16, Digest, Option<MapNode>)], version: u64) {
+        if let Ok(mut state) = self.state() {
+            for (depth, prefix, node) in writes {
+                put_in(&mut state, *depth, prefix, version, *node);
             }
-        };
-        let slot = Slot {
-            record: record_no,
-            version,
-            prev,
-            node,
-        };
-        *position.or_insert(slot) = slot;
-        let record = Record {
-            depth,
-            prefix: *prefix,
-            version,
-            prev,
-            node,
-        };
-        state.staged.push(record.encode());
+        }
     }
 }
 
@@ -1438,6 +1476,25 @@ mod tests {
                 on_file.prove(&d(3), version).ok(),
                 in_memory.prove(&d(3), version).ok()
             );
+        }
+        // One lock for many positions answers as the positions one at a time do: on and off
+        // the paths, at old versions (read back from records, written or staged) and new.
+        let file = on_file.store();
+        let positions: Vec<(u16, Digest)> = (0..200u64)
+            .flat_map(|k| {
+                (0..12u16).map(move |depth| (depth, wasteledger_core::map::prefix_of(&d(k), depth)))
+            })
+            .collect();
+        for version in [0, 1, 57, 150, 299, 300, 301] {
+            let mut batched = Vec::new();
+            file.get_many(&positions, version, &mut batched);
+            let single: Vec<_> = positions
+                .iter()
+                .map(|(depth, prefix)| file.get(*depth, prefix, version))
+                .collect();
+            assert_eq!(batched, single, "version {version}");
+            assert!(batched.iter().any(Option::is_some) || version == 0);
+            assert!(batched.iter().any(Option::is_none));
         }
     }
 }
