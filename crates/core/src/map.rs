@@ -827,11 +827,11 @@ impl<S: MapNodeStore> CompletenessMap<S> {
     }
 }
 
-/// Path nodes [`CompletenessMap`]'s walk asks its store for at once (with the siblings along
-/// them). Paths are about `log2 n` deep for `n` random keys (18 at 200,000): eight levels cover
-/// one in three requests instead of one request per node, and a path's last stretch asks for at
-/// most a few positions past its end (an absent position is one lookup that finds nothing).
-pub const WALK_STRETCH: u16 = 8;
+/// Path levels [`CompletenessMap`]'s walk asks its store for at once (each with the sibling
+/// below it). Paths are about `log2 n` deep for `n` random keys (18 at 200,000), so a typical
+/// walk makes three requests instead of ~36 single lookups, and its last request asks for a
+/// few positions past the path's end (an absent position costs one lookup that finds nothing).
+const WALK_STRETCH: u16 = 8;
 
 /// Adds the write of leaf `key → value` at `depth` on its path to `writes` and returns its hash.
 fn leaf_write(depth: u16, key: Digest, value: Digest, writes: &mut Vec<NodeWrite>) -> Digest {
