@@ -8,7 +8,7 @@ WHOLE_MB_PER_WINDOW per 100,000 events of history. A build writes a layer while 
 stay smaller together than the whole file below them, otherwise a new whole file.
 
   bound   the nineteenth pass: a plain layer on the newest file, at most 8 layers
-  counter this pass: a layer takes in the newest layers no larger than it
+  counter the twentieth pass on: a layer takes in the newest layers no larger than it
           (`snapshot_file::layers_to_fold`)
 
   bench/snapshot-writes.py [EVENTS_IN_MILLIONS...]     e.g. bench/snapshot-writes.py 1 3 10 30
