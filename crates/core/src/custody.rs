@@ -21,6 +21,7 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::hash::Digest;
 use crate::manifest::{
@@ -28,12 +29,13 @@ use crate::manifest::{
 };
 use crate::pb::{self, Role, event_body::Kind};
 use crate::quantity::{LineDiscrepancy, Measured, compare_line};
+use crate::registry::PartyRecord;
 use crate::tracking::Tracking;
 
 /// Read access to registered parties, as of the position of the event being applied.
 pub trait PartyLookup {
     /// The registered party with this registry id.
-    fn party(&self, registry_id: &str) -> Option<pb::Party>;
+    fn party(&self, registry_id: &str) -> Option<Arc<PartyRecord>>;
 }
 
 /// Where a manifest is in its lifecycle.
@@ -493,17 +495,17 @@ fn require_role(
     parties: &dyn PartyLookup,
     registry_id: &str,
     role: Role,
-) -> Result<pb::Party, CustodyError> {
-    let party = parties
+) -> Result<Arc<PartyRecord>, CustodyError> {
+    let record = parties
         .party(registry_id)
         .ok_or_else(|| CustodyError::UnknownParty(registry_id.to_owned()))?;
-    if !party.roles.contains(&(role as i32)) {
+    if !record.party.roles.contains(&(role as i32)) {
         return Err(CustodyError::MissingRole {
             party: registry_id.to_owned(),
             role: role_name(role),
         });
     }
-    Ok(party)
+    Ok(record)
 }
 
 /// Checks role and a permit for that role valid at `at`.
@@ -513,8 +515,8 @@ fn require_permit(
     role: Role,
     at: i64,
 ) -> Result<(), CustodyError> {
-    let party = require_role(parties, registry_id, role)?;
-    let valid = party.permits.iter().any(|p| {
+    let record = require_role(parties, registry_id, role)?;
+    let valid = record.party.permits.iter().any(|p| {
         p.role == role as i32 && p.valid_from <= at && (p.valid_until == 0 || at < p.valid_until)
     });
     if valid {

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::custody::{
     CustodyError, EventContext, ManifestState, PartyLookup, apply_manifest_event,
@@ -27,10 +28,13 @@ use crate::tracking::Tracking;
 pub trait LedgerView {
     /// Number of entries so far: the index the next entry gets.
     fn size(&self) -> u64;
-    /// The manifest's folded state.
-    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState>;
-    /// A party's record.
-    fn party_record(&self, registry_id: &str) -> Option<PartyRecord>;
+    /// The manifest's folded state, shared: a state is a few KB (the manifest's lines and
+    /// legs), every event on a manifest reads it at least once per node, and a view that
+    /// keeps states in memory can hand out its copy without cloning it.
+    fn manifest(&self, tracking: &Tracking) -> Option<Arc<ManifestState>>;
+    /// A party's record, shared for the same reason as [`LedgerView::manifest`]'s state:
+    /// every signature looks its key up in one.
+    fn party_record(&self, registry_id: &str) -> Option<Arc<PartyRecord>>;
     /// The registry id of the party that registered this key (ever).
     fn key_owner(&self, key_id: &Digest) -> Option<String>;
     /// The index of an accepted event with this hash, if any (duplicate detection). The hash
@@ -54,10 +58,11 @@ pub trait LedgerView {
 /// The new state of the event's subject.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SubjectState {
-    /// A manifest after the event.
-    Manifest(Box<ManifestState>),
+    /// A manifest after the event (shared, so a store can keep the same state as its
+    /// cache of the manifest without copying it).
+    Manifest(Arc<ManifestState>),
     /// A party after the event.
-    Party(Box<PartyRecord>),
+    Party(Arc<PartyRecord>),
 }
 
 impl SubjectState {
@@ -88,8 +93,8 @@ pub struct Decision {
 pub struct SubjectIndex {
     /// Position of the next entry.
     pub size: u64,
-    manifests: HashMap<Tracking, ManifestState>,
-    parties: HashMap<String, PartyRecord>,
+    manifests: HashMap<Tracking, Arc<ManifestState>>,
+    parties: HashMap<String, Arc<PartyRecord>>,
     key_owners: HashMap<Digest, String>,
     events: HashMap<Digest, u64>,
 }
@@ -99,7 +104,7 @@ impl SubjectIndex {
     pub fn record(&mut self, decision: &Decision, index: u64) {
         match &decision.state {
             SubjectState::Manifest(m) => {
-                self.manifests.insert(m.tracking.clone(), (**m).clone());
+                self.manifests.insert(m.tracking.clone(), Arc::clone(m));
             }
             SubjectState::Party(p) => {
                 for k in &p.keys {
@@ -108,7 +113,7 @@ impl SubjectIndex {
                         .or_insert_with(|| p.party.registry_id.clone());
                 }
                 self.parties
-                    .insert(p.party.registry_id.clone(), (**p).clone());
+                    .insert(p.party.registry_id.clone(), Arc::clone(p));
             }
         }
         self.events.insert(decision.event.hash, index);
@@ -117,12 +122,12 @@ impl SubjectIndex {
 
     /// The folded state of a manifest (borrowed).
     pub fn manifest_ref(&self, tracking: &Tracking) -> Option<&ManifestState> {
-        self.manifests.get(tracking)
+        self.manifests.get(tracking).map(|m| &**m)
     }
 
     /// A party's record (borrowed).
     pub fn party_ref(&self, registry_id: &str) -> Option<&PartyRecord> {
-        self.parties.get(registry_id)
+        self.parties.get(registry_id).map(|p| &**p)
     }
 }
 
@@ -131,11 +136,11 @@ impl LedgerView for SubjectIndex {
         self.size
     }
 
-    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
+    fn manifest(&self, tracking: &Tracking) -> Option<Arc<ManifestState>> {
         self.manifests.get(tracking).cloned()
     }
 
-    fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
+    fn party_record(&self, registry_id: &str) -> Option<Arc<PartyRecord>> {
         self.parties.get(registry_id).cloned()
     }
 
@@ -387,8 +392,8 @@ impl KeyDirectory for Keys<'_> {
 struct Parties<'a>(&'a dyn LedgerView);
 
 impl PartyLookup for Parties<'_> {
-    fn party(&self, registry_id: &str) -> Option<pb::Party> {
-        self.0.party_record(registry_id).map(|r| r.party)
+    fn party(&self, registry_id: &str) -> Option<Arc<PartyRecord>> {
+        self.0.party_record(registry_id)
     }
 }
 
@@ -424,8 +429,8 @@ pub fn evaluate(
                 parties: &Parties(view),
             };
             let current = view.manifest(tracking);
-            SubjectState::Manifest(Box::new(apply_manifest_event(
-                current.as_ref(),
+            SubjectState::Manifest(Arc::new(apply_manifest_event(
+                current.as_deref(),
                 tracking,
                 &event.body,
                 &ctx,
@@ -443,8 +448,8 @@ pub fn evaluate(
                 key_in_use: &key_in_use,
             };
             let current = view.party_record(id);
-            SubjectState::Party(Box::new(apply_registry_event(
-                current.as_ref(),
+            SubjectState::Party(Arc::new(apply_registry_event(
+                current.as_deref(),
                 id,
                 &event.body,
                 &ctx,

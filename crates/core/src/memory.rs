@@ -5,6 +5,8 @@
 //! checked against. Everything it stores is derived by [`evaluate`] and the Merkle and map
 //! structures, so both implementations agree by construction on roots and proofs.
 
+use std::sync::Arc;
+
 use crate::checkpoint::Checkpoint;
 use crate::custody::ManifestState;
 use crate::entry::{LedgerEntry, chain_link, leaf_hash};
@@ -157,11 +159,11 @@ impl LedgerView for MemoryLedger {
         self.entries.len() as u64
     }
 
-    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
+    fn manifest(&self, tracking: &Tracking) -> Option<Arc<ManifestState>> {
         self.state.manifest(tracking)
     }
 
-    fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
+    fn party_record(&self, registry_id: &str) -> Option<Arc<PartyRecord>> {
         self.state.party_record(registry_id)
     }
 

@@ -10,6 +10,7 @@
 //! path and every step of it is checked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use prost::Message;
 
@@ -520,7 +521,7 @@ pub fn verify_custody_proof(
         checkpoint,
         cosigners,
         timeline,
-        state,
+        state: Arc::unwrap_or_clone(state),
         party_names,
     })
 }

@@ -71,7 +71,7 @@ fn deliver<'a>(net: &'a SampleNetwork, ledger: &mut MemoryLedger) -> ManifestFlo
 /// The manifest's state; every call also checks that the stored (protobuf) form round-trips,
 /// so every scenario exercises the codec on the states it reaches.
 fn state(ledger: &MemoryLedger, flow: &ManifestFlow<'_>) -> crate::custody::ManifestState {
-    let s = ledger.manifest(&flow.tracking).unwrap();
+    let s = std::sync::Arc::unwrap_or_clone(ledger.manifest(&flow.tracking).unwrap());
     let stored = prost::Message::encode_to_vec(&s.to_pb());
     let decoded: pb::ManifestState = prost::Message::decode(stored.as_slice()).unwrap();
     assert_eq!(crate::custody::ManifestState::from_pb(&decoded).unwrap(), s);
@@ -1032,7 +1032,7 @@ fn wrong_subject_is_caught_by_the_envelope_and_the_rules() {
 
 struct NoParties;
 impl crate::custody::PartyLookup for NoParties {
-    fn party(&self, _: &str) -> Option<pb::Party> {
+    fn party(&self, _: &str) -> Option<std::sync::Arc<crate::registry::PartyRecord>> {
         None
     }
 }
@@ -1251,7 +1251,7 @@ fn rotated_and_revoked_keys_stop_signing() {
     let record = ledger.party_record(ids::ROAD).unwrap();
     assert_eq!(
         crate::registry::PartyRecord::from_pb(&record.to_pb()).unwrap(),
-        record
+        *record
     );
     let mut corrupt = record.to_pb();
     corrupt.keys[0].key_id[0] ^= 1;

@@ -300,10 +300,12 @@ pub struct LedgerStore {
 /// rebuilt lazily after a restart, and dropped with the store when a write fails.
 #[derive(Default)]
 struct Caches {
-    parties: Mutex<HashMap<String, PartyRecord>>,
+    parties: Mutex<HashMap<String, Arc<PartyRecord>>>,
     /// Decoded manifest states by canonical tracking number: each event on a manifest reads
     /// its state twice on the leader (check, apply), and decoding it was ~8 % of a node's CPU.
-    manifests: Mutex<HashMap<String, ManifestState>>,
+    /// Shared with the decisions that produce them: copying a state in and out of the cache
+    /// (~3 KB, many small allocations) was another ~7 % of the cluster's CPU.
+    manifests: Mutex<HashMap<String, Arc<ManifestState>>>,
     /// Two generations, so the cache stays bounded without forgetting the newest checks.
     verified: Mutex<[HashSet<Digest>; 2]>,
     /// Checkpoints built lately, newest last. The checkpoint at a size never changes, and
@@ -749,7 +751,6 @@ impl LedgerStore {
                     key(MANIFEST, tracking.as_bytes()),
                     m.to_pb_without_manifest().encode_to_vec(),
                 );
-                self.cache_manifest(&tracking, m);
                 let (old_status, status) = (before.map(|b| b.status), status_index_value(m.status));
                 if old_status != Some(status) {
                     if let Some(previous) = old_status {
@@ -785,9 +786,10 @@ impl LedgerStore {
                         }
                     }
                 }
+                self.cache_manifest(tracking, Arc::clone(m));
             }
             SubjectState::Party(p) => {
-                self.cache_party(p);
+                self.cache_party(Arc::clone(p));
                 self.stage(
                     key(PARTY, p.party.registry_id.as_bytes()),
                     p.to_pb().encode_to_vec(),
@@ -812,37 +814,31 @@ impl LedgerStore {
         })
     }
 
-    /// `look` applied to the manifest's folded state, read in the cache without copying it
-    /// when it is there (a state is ~3 KB), else decoded from sled and cached; `None` if the
-    /// manifest does not exist.
+    /// `look` applied to the manifest's folded state (see [`LedgerView::manifest`]); `None` if
+    /// the manifest does not exist.
     fn inspect_manifest<T>(
         &self,
         tracking: &Tracking,
         look: impl Fn(&ManifestState) -> T,
     ) -> Option<T> {
-        if let Ok(manifests) = self.caches.manifests.lock()
-            && let Some(state) = manifests.get(&tracking.to_string())
-        {
-            return Some(look(state));
-        }
-        self.manifest(tracking).as_ref().map(look)
+        self.manifest(tracking).as_deref().map(look)
     }
 
-    fn cache_manifest(&self, tracking: &str, state: &ManifestState) {
+    fn cache_manifest(&self, tracking: String, state: Arc<ManifestState>) {
         if let Ok(mut manifests) = self.caches.manifests.lock() {
             if manifests.len() >= MAX_CACHED_MANIFESTS {
                 manifests.clear();
             }
-            manifests.insert(tracking.to_owned(), state.clone());
+            manifests.insert(tracking, state);
         }
     }
 
-    fn cache_party(&self, record: &PartyRecord) {
+    fn cache_party(&self, record: Arc<PartyRecord>) {
         if let Ok(mut parties) = self.caches.parties.lock() {
             if parties.len() >= MAX_CACHED_PARTIES {
                 parties.clear();
             }
-            parties.insert(record.party.registry_id.clone(), record.clone());
+            parties.insert(record.party.registry_id.clone(), record);
         }
     }
 
@@ -1356,26 +1352,28 @@ impl LedgerView for LedgerStore {
         self.merkle.size()
     }
 
-    fn manifest(&self, tracking: &Tracking) -> Option<ManifestState> {
+    /// From the cache when it is there, else decoded from sled and cached.
+    fn manifest(&self, tracking: &Tracking) -> Option<Arc<ManifestState>> {
         let canonical = tracking.to_string();
         if let Ok(manifests) = self.caches.manifests.lock()
             && let Some(state) = manifests.get(&canonical)
         {
-            return Some(state.clone());
+            return Some(Arc::clone(state));
         }
-        let state = ManifestState::from_pb(&self.manifest_state(&canonical).ok()??).ok()?;
-        self.cache_manifest(&canonical, &state);
+        let state = Arc::new(ManifestState::from_pb(&self.manifest_state(&canonical).ok()??).ok()?);
+        self.cache_manifest(canonical, Arc::clone(&state));
         Some(state)
     }
 
-    fn party_record(&self, registry_id: &str) -> Option<PartyRecord> {
+    /// From the cache when it is there, else decoded from sled and cached.
+    fn party_record(&self, registry_id: &str) -> Option<Arc<PartyRecord>> {
         if let Ok(parties) = self.caches.parties.lock()
             && let Some(record) = parties.get(registry_id)
         {
-            return Some(record.clone());
+            return Some(Arc::clone(record));
         }
-        let record = PartyRecord::from_pb(&self.party_state(registry_id).ok()??).ok()?;
-        self.cache_party(&record);
+        let record = Arc::new(PartyRecord::from_pb(&self.party_state(registry_id).ok()??).ok()?);
+        self.cache_party(Arc::clone(&record));
         Some(record)
     }
 
@@ -1444,7 +1442,7 @@ impl ProofSource for LedgerStore {
                 .unwrap_or_default(),
             Subject::Party(id) => self
                 .party_record(id)
-                .map(|p| p.event_indexes)
+                .map(|p| p.event_indexes.clone())
                 .unwrap_or_default(),
         }
     }

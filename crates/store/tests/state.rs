@@ -133,6 +133,8 @@ fn sled_state_matches_the_reference_ledger() {
     }
     store.commit().unwrap();
     assert_eq!(store.size(), reference.size());
+    let tracking = wasteledger_core::tracking::Tracking::parse("cn:20261502000001").unwrap();
+    assert_eq!(store.manifest(&tracking), reference.manifest(&tracking));
     assert_eq!(store.roots().0, reference.tree().root());
     assert_eq!(store.roots().1, reference.map().root());
     assert_eq!(store.chain_head(), reference.chain_head());
@@ -141,7 +143,6 @@ fn sled_state_matches_the_reference_ledger() {
     assert_matches_reference(&store, &reference, &net);
 
     // A proof built from sled verifies offline.
-    let tracking = wasteledger_core::tracking::Tracking::parse("cn:20261502000001").unwrap();
     let note = net.cosign(reference.checkpoint(T0 + 10 * HOUR).unwrap(), 2);
     let from_sled = build_custody_proof(&store, &tracking, &note).unwrap();
     let verified = verify_custody_proof(&from_sled, &net.genesis).unwrap();
@@ -180,7 +181,8 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
     let net = SampleNetwork::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let map_path = dir.path().join("ledger.map");
-    let (root, size) = {
+    let tracking = wasteledger_core::tracking::Tracking::parse("cn:20261502000001").unwrap();
+    let (root, size, cached) = {
         let db = DurableDb::open(dir.path().join("db")).unwrap();
         let mut store = LedgerStore::open(
             db.raw_tree("ledger").unwrap(),
@@ -196,12 +198,16 @@ fn reopening_gives_the_same_ledger_and_integrity_check_finds_damage() {
             .record_integrity_checkpoint(store.size(), &store.roots().0)
             .unwrap();
         db.sync().unwrap();
-        (store.roots(), store.size())
+        // The state the apply path kept in memory, shared with its decisions.
+        let cached = store.manifest(&tracking).unwrap();
+        (store.roots(), store.size(), cached)
     };
     let db = DurableDb::open(dir.path().join("db")).unwrap();
     let tree = db.raw_tree("ledger").unwrap();
     let store = LedgerStore::open(tree.clone(), &map_path, net.genesis.clone()).unwrap();
     assert_eq!((store.roots(), store.size()), (root, size));
+    // A fresh store decodes the manifest from sled: the same state as the one cached.
+    assert_eq!(store.manifest(&tracking).unwrap(), cached);
     store.verify_integrity().unwrap();
 
     flip_entry_byte(&tree, 8);
