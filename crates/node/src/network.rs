@@ -79,6 +79,7 @@ use crate::raft_pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::raft_pb::{RaftPayload, SnapshotChunk};
 use crate::snapshot_file::WireChunk;
 use crate::types::{LedgerRaft, LogId, NodeAddr, SnapshotFile, TypeConfig, Vote, decode, encode};
+use wasteledger_core::hash::Digest;
 
 // ------------------------------------------------------------------------------------------------
 // Size limits
@@ -218,6 +219,9 @@ impl Default for NetworkConfig {
 #[derive(Debug)]
 pub struct Network {
     id: u64,
+    /// The ledger every call is stamped with ([`LEDGER_KEY`]); `None` only in tests of the
+    /// transport itself.
+    ledger_id: Option<Digest>,
     config: NetworkConfig,
     channels: HashMap<u64, (String, Channel)>,
 }
@@ -232,9 +236,17 @@ impl Network {
     pub fn with_config(id: u64, config: NetworkConfig) -> Network {
         Network {
             id,
+            ledger_id: None,
             config,
             channels: HashMap::new(),
         }
+    }
+
+    /// Stamps every call with `ledger_id`, so a node of another ledger that a peer address
+    /// points at by mistake refuses the call instead of taking it for its own cluster's.
+    pub fn for_ledger(mut self, ledger_id: Digest) -> Network {
+        self.ledger_id = Some(ledger_id);
+        self
     }
 
     /// The cached channel to `target` at `addr`, created (without connecting) if needed.
@@ -274,6 +286,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             id: self.id,
             target,
+            ledger_id: self.ledger_id,
             addr: node.raft_addr.clone(),
             client,
             min_rpc_timeout: self.config.min_rpc_timeout,
@@ -289,6 +302,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     id: u64,
     target: u64,
+    ledger_id: Option<Digest>,
     addr: String,
     /// `Err` when the peer's address cannot be turned into an endpoint; every call then fails
     /// as `Unreachable` with that message.
@@ -368,7 +382,12 @@ impl PeerClient {
     {
         let client = self.client()?;
         let deadline = option.soft_ttl().max(self.min_rpc_timeout);
-        let call = call(client, Request::new(RaftPayload { data }));
+        let request = addressed(
+            Request::new(RaftPayload { data }),
+            self.ledger_id,
+            Some(self.target),
+        );
+        let call = call(client, request);
         let reply = match tokio::time::timeout(deadline, call).await {
             Err(_elapsed) => {
                 return Err(RPCError::Timeout(Timeout {
@@ -526,7 +545,11 @@ impl PeerClient {
         // resolves only after the server has read the stream to its end and replied.
         let bytes = crate::snapshot_file::wire_chunks(snapshot.snapshot.clone(), chunk_size);
         let chunks = snapshot_chunks(meta, bytes, err_tx);
-        let call = client.install_snapshot(chunks);
+        let call = client.install_snapshot(addressed(
+            Request::new(chunks),
+            self.ledger_id,
+            Some(self.target),
+        ));
         // No deadline: hard_ttl here is install_snapshot_timeout (200 ms by default), far too
         // short for a large file. openraft abandons the transfer through `cancel`.
         let reply = tokio::select! {
@@ -623,6 +646,9 @@ fn snapshot_chunks(
 #[derive(Clone)]
 pub struct RaftServiceImpl {
     raft: LedgerRaft,
+    /// This node's id and ledger: calls stamped for another are refused ([`check_addressed`]).
+    node_id: u64,
+    ledger_id: Digest,
     snapshot_dir: PathBuf,
     max_snapshot_bytes: u64,
 }
@@ -637,13 +663,21 @@ impl fmt::Debug for RaftServiceImpl {
 }
 
 impl RaftServiceImpl {
-    /// The service for `raft`, receiving snapshots under `snapshot_dir/incoming`.
+    /// The service for `raft`, node `node_id` of the ledger `ledger_id`, receiving snapshots
+    /// under `snapshot_dir/incoming`.
     ///
     /// Removes leftover received files from an earlier run (best effort; no transfer can be in
     /// flight before the service exists).
-    pub fn new(raft: LedgerRaft, snapshot_dir: PathBuf) -> RaftServiceImpl {
+    pub fn new(
+        raft: LedgerRaft,
+        node_id: u64,
+        ledger_id: Digest,
+        snapshot_dir: PathBuf,
+    ) -> RaftServiceImpl {
         let service = RaftServiceImpl {
             raft,
+            node_id,
+            ledger_id,
             snapshot_dir,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
         };
@@ -662,12 +696,93 @@ impl RaftServiceImpl {
     pub fn incoming_dir(&self) -> PathBuf {
         self.snapshot_dir.join("incoming")
     }
+
+    fn check_addressed<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        check_addressed(request.metadata(), self.node_id, &self.ledger_id, what)
+    }
 }
 
 /// [`RaftServiceImpl`] wrapped in the generated server with the message size limits applied
 /// ([`MAX_RAFT_MESSAGE_BYTES`] for decoding and encoding).
-pub fn raft_service(raft: LedgerRaft, snapshot_dir: PathBuf) -> RaftServiceServer<RaftServiceImpl> {
-    limit_server(RaftServiceImpl::new(raft, snapshot_dir))
+pub fn raft_service(
+    raft: LedgerRaft,
+    node_id: u64,
+    ledger_id: Digest,
+    snapshot_dir: PathBuf,
+) -> RaftServiceServer<RaftServiceImpl> {
+    limit_server(RaftServiceImpl::new(raft, node_id, ledger_id, snapshot_dir))
+}
+
+/// gRPC metadata naming the ledger a Raft call is for (its id in hex).
+const LEDGER_KEY: &str = "wl-ledger-id";
+/// gRPC metadata naming the node a Raft call is for (its decimal id).
+const TO_NODE_KEY: &str = "wl-to-node";
+
+/// Stamps a Raft call with the ledger and, when the caller knows it, the node it is meant for.
+fn addressed<T>(
+    mut request: Request<T>,
+    ledger_id: Option<Digest>,
+    to_node: Option<u64>,
+) -> Request<T> {
+    // Hex and decimal digits are always valid ASCII metadata.
+    if let Some(ledger_id) = ledger_id
+        && let Ok(value) = ledger_id.to_hex().parse()
+    {
+        request.metadata_mut().insert(LEDGER_KEY, value);
+    }
+    if let Some(node) = to_node
+        && let Ok(value) = node.to_string().parse()
+    {
+        request.metadata_mut().insert(TO_NODE_KEY, value);
+    }
+    request
+}
+
+/// Refuses a call stamped for another ledger or another node with `FailedPrecondition`.
+///
+/// Without this, a node would take Raft messages from a cluster of another ledger whose
+/// membership points at its address (a reused port, a copied config): openraft cannot tell
+/// two clusters' leaders apart when both are node 1 in term 1, and a leader receiving its
+/// own vote in an AppendEntries trips an assertion in openraft (seen in CI, tests running
+/// clusters side by side). An unstamped call is not refused: every call this crate makes
+/// is stamped, and the stamp guards against misrouting, not against a hostile caller.
+fn check_addressed(
+    metadata: &tonic::metadata::MetadataMap,
+    node_id: u64,
+    ledger_id: &Digest,
+    what: &str,
+) -> Result<(), Status> {
+    if let Some(value) = metadata.get(LEDGER_KEY) {
+        let theirs = value.to_str().unwrap_or("(not ASCII)");
+        if theirs != ledger_id.to_hex() {
+            tracing::debug!(
+                rpc = what,
+                ledger = theirs,
+                "refused a Raft call for another ledger"
+            );
+            return Err(Status::failed_precondition(format!(
+                "{what} for ledger {}, but this node (id {node_id}) serves ledger {}: the \
+                 caller's membership gives a node of its own ledger this node's Raft address",
+                theirs.get(..16).unwrap_or(theirs),
+                ledger_id.short()
+            )));
+        }
+    }
+    if let Some(value) = metadata.get(TO_NODE_KEY) {
+        let theirs = value.to_str().unwrap_or("(not ASCII)");
+        if theirs.parse::<u64>().ok() != Some(node_id) {
+            tracing::debug!(
+                rpc = what,
+                to_node = theirs,
+                "refused a Raft call for another node"
+            );
+            return Err(Status::failed_precondition(format!(
+                "{what} for node {theirs}, but this is node {node_id}: the caller's membership \
+                 gives node {theirs} this node's Raft address"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Applies the Raft message limits to any implementation of the service.
@@ -722,12 +837,14 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressed(&request, "AppendEntries")?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode_request(request.get_ref(), "AppendEntries")?;
         encode_reply(&self.raft.append_entries(rpc).await, "AppendEntries")
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressed(&request, "Vote")?;
         let rpc: VoteRequest<TypeConfig> = decode_request(request.get_ref(), "Vote")?;
         encode_reply(&self.raft.vote(rpc).await, "Vote")
     }
@@ -736,6 +853,7 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressed(&request, "TransferLeader")?;
         let req: TransferLeaderRequest<TypeConfig> =
             decode_request(request.get_ref(), "TransferLeader")?;
         encode_reply(
@@ -748,6 +866,7 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressed(&request, "Propose")?;
         let command: crate::types::LedgerRequest = decode_request(request.get_ref(), "Propose")?;
         if !matches!(command, crate::types::LedgerRequest::Cosign { .. }) {
             return Err(Status::permission_denied(
@@ -763,7 +882,11 @@ impl RaftService for RaftServiceImpl {
         encode_reply(&result, "Propose")
     }
 
-    async fn read_index(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn read_index(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressed(&request, "ReadIndex")?;
         let result: Result<u64, String> = self
             .raft
             .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
@@ -777,6 +900,7 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressed(&request, "InstallSnapshot")?;
         let received = receive_snapshot(
             request.into_inner(),
             &self.incoming_dir(),
@@ -997,10 +1121,19 @@ where
 
 /// Asks the leader at `raft_addr` for a read index: the log index this node must apply before
 /// answering a linearizable read.
-pub async fn read_index_remote(raft_addr: &str, timeout: Duration) -> Result<u64, String> {
+pub async fn read_index_remote(
+    raft_addr: &str,
+    ledger_id: Digest,
+    timeout: Duration,
+) -> Result<u64, String> {
     let mut client = raft_client(raft_addr, timeout).await?;
+    let request = addressed(
+        Request::new(RaftPayload { data: Vec::new() }),
+        Some(ledger_id),
+        None,
+    );
     let reply = client
-        .read_index(RaftPayload { data: Vec::new() })
+        .read_index(request)
         .await
         .map_err(|s| format!("{raft_addr}: {}", s.message()))?;
     let result: Result<u64, String> = decode(&reply.get_ref().data).map_err(|e| e.to_string())?;
@@ -1027,13 +1160,18 @@ async fn raft_client(
 /// Proposes a node-originated command on the node at `raft_addr` (the leader).
 pub async fn propose_remote(
     raft_addr: &str,
+    ledger_id: Digest,
     command: &crate::types::LedgerRequest,
     timeout: Duration,
 ) -> Result<crate::types::LedgerResponse, String> {
     let mut client = raft_client(raft_addr, timeout).await?;
     let data = encode(command).map_err(|e| e.to_string())?;
     let reply = client
-        .propose(RaftPayload { data })
+        .propose(addressed(
+            Request::new(RaftPayload { data }),
+            Some(ledger_id),
+            None,
+        ))
         .await
         .map_err(|s| format!("{raft_addr}: {}", s.message()))?;
     let result: Result<crate::types::LedgerResponse, String> =
@@ -1657,6 +1795,7 @@ mod tests {
         let db = DurableDb::open(dir.path().join("db"))?;
         let log = LogStorage::new(LogStore::open(db.clone())?);
         let snapshot_dir = dir.path().join("snapshots");
+        let ledger_id = sample.genesis.ledger_id;
         let sm = LedgerStateMachine::open(
             &db,
             sample.genesis,
@@ -1673,8 +1812,15 @@ mod tests {
         }
         .validate()?;
         check_raft_config(&config)?;
-        let raft = LedgerRaft::new(id, Arc::new(config), Network::new(id), log, sm).await?;
-        let (addr, stop) = serve(raft_service(raft.clone(), snapshot_dir.clone())).await?;
+        let network = Network::new(id).for_ledger(ledger_id);
+        let raft = LedgerRaft::new(id, Arc::new(config), network, log, sm).await?;
+        let (addr, stop) = serve(raft_service(
+            raft.clone(),
+            id,
+            ledger_id,
+            snapshot_dir.clone(),
+        ))
+        .await?;
         Ok(TestNode {
             raft,
             addr,
@@ -1699,6 +1845,33 @@ mod tests {
             )
             .await?;
         assert_eq!(resp.vote, vote(1, 1));
+        node.raft.shutdown().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn real_raft_refuses_calls_meant_for_another_ledger_or_node() -> TestResult {
+        let node = start_node(2).await?;
+        let ours = SampleNetwork::new()?.genesis.ledger_id;
+        let other = Digest::from_slice(&[7u8; 32]).ok_or("digest")?;
+        let ask = |ledger: Digest, target: u64| {
+            let addr = node_addr(node.addr);
+            async move {
+                Network::new(1)
+                    .for_ledger(ledger)
+                    .new_client(target, &addr)
+                    .await
+                    .vote(VoteRequest::new(vote(1, 1), None), option())
+                    .await
+            }
+        };
+        let err = ask(other, 2).await.unwrap_err().to_string();
+        assert!(err.contains("serves ledger"), "{err}");
+        // A cluster whose membership gives node 3 this node's address.
+        let err = ask(ours, 3).await.unwrap_err().to_string();
+        assert!(err.contains("this is node 2"), "{err}");
+        // Neither refusal reached Raft: the right call is answered with its vote unchanged.
+        assert_eq!(ask(ours, 2).await?.vote, vote(1, 1));
         node.raft.shutdown().await?;
         Ok(())
     }

@@ -253,7 +253,7 @@ impl Node {
         let raft = LedgerRaft::new(
             options.id,
             Arc::new(config),
-            Network::new(options.id),
+            Network::new(options.id).for_ledger(options.genesis.ledger_id),
             log,
             state_machine.clone(),
         )
@@ -271,7 +271,12 @@ impl Node {
         let history = HistoryTask::start(state_machine.clone(), pending_history);
         let raft_addr = options.raft_listener.local_addr()?.to_string();
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = raft_service(raft.clone(), options.data_dir.join("snapshots"));
+        let service = raft_service(
+            raft.clone(),
+            options.id,
+            options.genesis.ledger_id,
+            options.data_dir.join("snapshots"),
+        );
         let server = tokio::spawn(
             crate::network::server_builder()
                 .add_service(service)
@@ -391,11 +396,14 @@ impl Node {
         match self.propose(request.clone()).await {
             Err(WriteError::NotLeader {
                 leader: Some((_, addr)),
-            }) => {
-                crate::network::propose_remote(&addr.raft_addr, &request, Duration::from_secs(10))
-                    .await
-                    .map_err(WriteError::Raft)
-            }
+            }) => crate::network::propose_remote(
+                &addr.raft_addr,
+                self.state_machine.genesis().ledger_id,
+                &request,
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(WriteError::Raft),
             other => other,
         }
     }
@@ -477,9 +485,13 @@ impl Node {
             let Some(addr) = self.leader_addr() else {
                 return Err(WriteError::NotLeader { leader: None });
             };
-            crate::network::read_index_remote(&addr.raft_addr, timeout)
-                .await
-                .map_err(WriteError::Raft)?
+            crate::network::read_index_remote(
+                &addr.raft_addr,
+                self.state_machine.genesis().ledger_id,
+                timeout,
+            )
+            .await
+            .map_err(WriteError::Raft)?
         };
         self.wait_applied(index, timeout)
             .await
