@@ -71,6 +71,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -219,9 +220,9 @@ impl Default for NetworkConfig {
 #[derive(Debug)]
 pub struct Network {
     id: u64,
-    /// The ledger every call is stamped with ([`LEDGER_KEY`]); `None` only in tests of the
-    /// transport itself.
-    ledger_id: Option<Digest>,
+    /// The ledger every call is stamped with ([`LEDGER_KEY`], made once); `None` only in tests
+    /// of the transport itself.
+    ledger_stamp: Option<AsciiMetadataValue>,
     config: NetworkConfig,
     channels: HashMap<u64, (String, Channel)>,
 }
@@ -236,7 +237,7 @@ impl Network {
     pub fn with_config(id: u64, config: NetworkConfig) -> Network {
         Network {
             id,
-            ledger_id: None,
+            ledger_stamp: None,
             config,
             channels: HashMap::new(),
         }
@@ -245,7 +246,7 @@ impl Network {
     /// Stamps every call with `ledger_id`, so a node of another ledger that a peer address
     /// points at by mistake refuses the call instead of taking it for its own cluster's.
     pub fn for_ledger(mut self, ledger_id: Digest) -> Network {
-        self.ledger_id = Some(ledger_id);
+        self.ledger_stamp = ledger_stamp(&ledger_id);
         self
     }
 
@@ -286,7 +287,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             id: self.id,
             target,
-            ledger_id: self.ledger_id,
+            ledger_stamp: self.ledger_stamp.clone(),
+            to_node_stamp: target.to_string().parse().ok(),
             addr: node.raft_addr.clone(),
             client,
             min_rpc_timeout: self.config.min_rpc_timeout,
@@ -302,7 +304,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     id: u64,
     target: u64,
-    ledger_id: Option<Digest>,
+    /// The metadata values stamped on every call ([`addressed`]), made once per client.
+    ledger_stamp: Option<AsciiMetadataValue>,
+    to_node_stamp: Option<AsciiMetadataValue>,
     addr: String,
     /// `Err` when the peer's address cannot be turned into an endpoint; every call then fails
     /// as `Unreachable` with that message.
@@ -351,6 +355,14 @@ impl PeerClient {
         }
     }
 
+    fn addressed<T>(&self, request: Request<T>) -> Request<T> {
+        addressed(
+            request,
+            self.ledger_stamp.as_ref(),
+            self.to_node_stamp.as_ref(),
+        )
+    }
+
     fn network_error(&self, action: RPCTypes, what: impl fmt::Display) -> RPCError<TypeConfig> {
         let msg = format!("{action} to node {} at {}: {what}", self.target, self.addr);
         tracing::warn!(target_node = self.target, error = %msg, "Raft RPC failed");
@@ -382,11 +394,7 @@ impl PeerClient {
     {
         let client = self.client()?;
         let deadline = option.soft_ttl().max(self.min_rpc_timeout);
-        let request = addressed(
-            Request::new(RaftPayload { data }),
-            self.ledger_id,
-            Some(self.target),
-        );
+        let request = self.addressed(Request::new(RaftPayload { data }));
         let call = call(client, request);
         let reply = match tokio::time::timeout(deadline, call).await {
             Err(_elapsed) => {
@@ -545,11 +553,7 @@ impl PeerClient {
         // resolves only after the server has read the stream to its end and replied.
         let bytes = crate::snapshot_file::wire_chunks(snapshot.snapshot.clone(), chunk_size);
         let chunks = snapshot_chunks(meta, bytes, err_tx);
-        let call = client.install_snapshot(addressed(
-            Request::new(chunks),
-            self.ledger_id,
-            Some(self.target),
-        ));
+        let call = client.install_snapshot(self.addressed(Request::new(chunks)));
         // No deadline: hard_ttl here is install_snapshot_timeout (200 ms by default), far too
         // short for a large file. openraft abandons the transfer through `cancel`.
         let reply = tokio::select! {
@@ -646,9 +650,10 @@ fn snapshot_chunks(
 #[derive(Clone)]
 pub struct RaftServiceImpl {
     raft: LedgerRaft,
-    /// This node's id and ledger: calls stamped for another are refused ([`check_addressed`]).
+    /// This node's id and ledger (hex, made once): calls stamped for another are refused
+    /// ([`check_addressed`]).
     node_id: u64,
-    ledger_id: Digest,
+    ledger_hex: String,
     snapshot_dir: PathBuf,
     max_snapshot_bytes: u64,
 }
@@ -677,7 +682,7 @@ impl RaftServiceImpl {
         let service = RaftServiceImpl {
             raft,
             node_id,
-            ledger_id,
+            ledger_hex: ledger_id.to_hex(),
             snapshot_dir,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
         };
@@ -698,7 +703,7 @@ impl RaftServiceImpl {
     }
 
     fn check_addressed<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
-        check_addressed(request.metadata(), self.node_id, &self.ledger_id, what)
+        check_addressed(request.metadata(), self.node_id, &self.ledger_hex, what)
     }
 }
 
@@ -718,22 +723,22 @@ const LEDGER_KEY: &str = "wl-ledger-id";
 /// gRPC metadata naming the node a Raft call is for (its decimal id).
 const TO_NODE_KEY: &str = "wl-to-node";
 
+/// The [`LEDGER_KEY`] value for `ledger_id` (hex digits are always valid ASCII metadata).
+fn ledger_stamp(ledger_id: &Digest) -> Option<AsciiMetadataValue> {
+    ledger_id.to_hex().parse().ok()
+}
+
 /// Stamps a Raft call with the ledger and, when the caller knows it, the node it is meant for.
 fn addressed<T>(
     mut request: Request<T>,
-    ledger_id: Option<Digest>,
-    to_node: Option<u64>,
+    ledger: Option<&AsciiMetadataValue>,
+    to_node: Option<&AsciiMetadataValue>,
 ) -> Request<T> {
-    // Hex and decimal digits are always valid ASCII metadata.
-    if let Some(ledger_id) = ledger_id
-        && let Ok(value) = ledger_id.to_hex().parse()
-    {
-        request.metadata_mut().insert(LEDGER_KEY, value);
+    if let Some(value) = ledger {
+        request.metadata_mut().insert(LEDGER_KEY, value.clone());
     }
-    if let Some(node) = to_node
-        && let Ok(value) = node.to_string().parse()
-    {
-        request.metadata_mut().insert(TO_NODE_KEY, value);
+    if let Some(value) = to_node {
+        request.metadata_mut().insert(TO_NODE_KEY, value.clone());
     }
     request
 }
@@ -749,12 +754,12 @@ fn addressed<T>(
 fn check_addressed(
     metadata: &tonic::metadata::MetadataMap,
     node_id: u64,
-    ledger_id: &Digest,
+    ledger_hex: &str,
     what: &str,
 ) -> Result<(), Status> {
     if let Some(value) = metadata.get(LEDGER_KEY) {
         let theirs = value.to_str().unwrap_or("(not ASCII)");
-        if theirs != ledger_id.to_hex() {
+        if theirs != ledger_hex {
             tracing::debug!(
                 rpc = what,
                 ledger = theirs,
@@ -764,7 +769,7 @@ fn check_addressed(
                 "{what} for ledger {}, but this node (id {node_id}) serves ledger {}: the \
                  caller's membership gives a node of its own ledger this node's Raft address",
                 theirs.get(..16).unwrap_or(theirs),
-                ledger_id.short()
+                ledger_hex.get(..16).unwrap_or(ledger_hex)
             )));
         }
     }
@@ -1129,7 +1134,7 @@ pub async fn read_index_remote(
     let mut client = raft_client(raft_addr, timeout).await?;
     let request = addressed(
         Request::new(RaftPayload { data: Vec::new() }),
-        Some(ledger_id),
+        ledger_stamp(&ledger_id).as_ref(),
         None,
     );
     let reply = client
@@ -1169,7 +1174,7 @@ pub async fn propose_remote(
     let reply = client
         .propose(addressed(
             Request::new(RaftPayload { data }),
-            Some(ledger_id),
+            ledger_stamp(&ledger_id).as_ref(),
             None,
         ))
         .await
